@@ -1,0 +1,3 @@
+"""Learner self-checks: ``compare`` / ``check_module`` (core) and one check per exercise concept."""
+from .core import *  # noqa: F401,F403
+from .models import *  # noqa: F401,F403

@@ -1,0 +1,192 @@
+"""Self-checks for the U-Net building blocks (lessons 01 and 03).
+
+Each check builds the learner's class next to the reference from ``dlcourse.models``,
+compares parameter counts and outputs (see ``check_module``), and adds a hint for
+the usual mistakes.
+"""
+from __future__ import annotations
+
+import torch
+
+from dlcourse.models import DownBlock, RearrangePool, ResidualBlock, SinusoidalEmbedding, UpBlock
+
+from .core import CheckResult, check_module, compare
+
+__all__ = [
+    "check_down_block",
+    "check_up_block",
+    "check_sinusoidal_embedding",
+    "check_residual_block",
+    "check_rearrange_pool",
+]
+
+
+def _images(channels: int, size: int = 8, n: int = 2) -> torch.Tensor:
+    return torch.randn(n, channels, size, size)
+
+
+def _shape_hint(student_out, x: torch.Tensor, out_ch: int, factor: float, verb: str) -> str | None:
+    """Hints for an output with the wrong channel count or size (factor 0.5 = halve, 2 = double)."""
+    if not isinstance(student_out, torch.Tensor) or student_out.dim() != 4:
+        return None
+    if student_out.shape[1] != out_ch:
+        return f"the output should have out_ch = {out_ch} channels, yours has {student_out.shape[1]}."
+    want = int(x.shape[-1] * factor)
+    if student_out.shape[-1] != want or student_out.shape[-2] != want:
+        return (f"the block should {verb} H and W ({x.shape[-1]} → {want}); "
+                f"yours gives {tuple(student_out.shape[-2:])}.")
+    return None
+
+
+def check_down_block(cls) -> CheckResult:
+    """``cls(in_ch, out_ch)``: (conv 3×3 → BatchNorm → ReLU) × 2, then MaxPool2d(2)."""
+
+    def diagnose(student_out, reference_out, args):
+        if isinstance(student_out, Exception):
+            return "the first conv takes in_ch channels, the second out_ch; both output out_ch."
+        x = args[0]
+        hint = _shape_hint(student_out, x, reference_out.shape[1], 0.5, "halve")
+        if hint and student_out.shape[-1] == x.shape[-1]:
+            return hint + " Add nn.MaxPool2d(2) after the two convs."
+        return hint or "check the order: conv → BatchNorm → ReLU, twice, and only then the max-pool."
+
+    def diagnose_parameters(student, reference, ctor_args):
+        out_ch = ctor_args[1]
+        missing = sum(p.numel() for p in reference.parameters()) - sum(p.numel() for p in student.parameters())
+        if missing == 4 * out_ch:
+            return "both nn.BatchNorm2d(out_ch) layers are missing: each conv is followed by one (2·out_ch parameters each)."
+        if missing == 2 * out_ch:
+            return "one nn.BatchNorm2d(out_ch) is missing, or a conv was built with bias=False."
+        return "two 3×3 convs (in_ch → out_ch, out_ch → out_ch) with bias, each followed by nn.BatchNorm2d(out_ch)."
+
+    return check_module(cls, DownBlock, [(3, 8), (8, 16)], lambda a: (_images(a[0]),), name="DownBlock",
+                        diagnose=diagnose, diagnose_parameters=diagnose_parameters)
+
+
+def check_up_block(cls) -> CheckResult:
+    """``cls(in_ch, out_ch)`` with ``forward(x, skip)``: cat along dim=1, ConvTranspose2d(k=2, s=2), two convs."""
+
+    def diagnose(student_out, reference_out, args):
+        if isinstance(student_out, Exception):
+            return ("did you concatenate the skip connection along dim=1, torch.cat([x, skip], dim=1)? "
+                    "in_ch counts the channels of x plus those of skip.")
+        hint = _shape_hint(student_out, args[0], reference_out.shape[1], 2, "double")
+        if hint:
+            return hint + " Concatenate along dim=1, then upsample with nn.ConvTranspose2d(in_ch, out_ch, 2, stride=2)."
+        return "check the order: cat([x, skip], dim=1) (x first) → ConvTranspose2d → (conv → BatchNorm → ReLU) × 2."
+
+    def diagnose_parameters(student, reference, ctor_args):
+        in_ch, out_ch = ctor_args
+        return (f"the transposed conv maps the concatenated in_ch = {in_ch} channels to out_ch = {out_ch} "
+                "(kernel 2, stride 2); then two 3×3 convs out_ch → out_ch, each with nn.BatchNorm2d(out_ch).")
+
+    return check_module(cls, UpBlock, [(16, 8), (32, 8)], lambda a: (_images(a[0] // 2, 4), _images(a[0] // 2, 4)),
+                        name="UpBlock", diagnose=diagnose, diagnose_parameters=diagnose_parameters)
+
+
+def _sinusoid_variants(t: torch.Tensor, dim: int) -> dict[str, torch.Tensor]:
+    """Common wrong embeddings, each named by the hint that fixes it."""
+    d = dim // 2
+    k = torch.arange(d, dtype=torch.float64)
+    omegas = 10000.0 ** (-k / d)
+    angles = t.double()[:, None] * omegas
+    sin, cos = angles.sin(), angles.cos()
+    flipped = t.double()[:, None] * omegas.flip(0)
+    variants = {
+        "sin and cos are swapped: the first half is sin(t·ω_k), the second cos(t·ω_k).": torch.cat([cos, sin], 1),
+        "the frequencies are reversed: ω_k = max_period^(−k/d) starts at ω_0 = 1 (fast) and decreases.":
+            torch.cat([flipped.sin(), flipped.cos()], 1),
+        "sin and cos are interleaved: concatenate [all sines, all cosines] with torch.cat(..., dim=-1).":
+            torch.stack([sin, cos], -1).flatten(1),
+        "the exponent divides by dim; it should divide by d = dim/2: ω_k = max_period^(−k/(dim/2)).":
+            torch.cat([(t.double()[:, None] * 10000.0 ** (-k / dim)).sin(),
+                       (t.double()[:, None] * 10000.0 ** (-k / dim)).cos()], 1),
+    }
+    if d > 1:
+        fs = t.double()[:, None] * 10000.0 ** (-k / (d - 1))
+        variants["the exponent divides by d − 1; it should divide by d = dim/2: ω_k = max_period^(−k/d)."] = \
+            torch.cat([fs.sin(), fs.cos()], 1)
+    return variants
+
+
+def check_sinusoidal_embedding(fn_or_cls) -> CheckResult:
+    """A function ``fn(t, dim)`` or a class ``cls(dim)`` called on t: (N,) → (N, dim).
+
+    emb(t) = [sin(t·ω_k)]_k ++ [cos(t·ω_k)]_k, ω_k = 10000^(−k/(dim/2)), k = 0 … dim/2 − 1.
+    """
+    if isinstance(fn_or_cls, type):
+        def student(t, dim):
+            return fn_or_cls(dim)(t)
+    else:
+        student = fn_or_cls
+
+    def reference(t, dim):
+        return SinusoidalEmbedding(dim)(t)
+
+    def diagnose(student_out, reference_out, args):
+        if not isinstance(student_out, torch.Tensor) or student_out.shape != reference_out.shape:
+            return "return one row per step: shape (N, dim), the first dim/2 columns sines, the rest cosines."
+        t, dim = args
+        for hint, wrong in _sinusoid_variants(t.cpu(), dim).items():
+            if torch.allclose(student_out.detach().cpu().double(), wrong, atol=1e-4):
+                return hint
+        return "emb(t) = [sin(t·ω_0), …, sin(t·ω_{d−1}), cos(t·ω_0), …, cos(t·ω_{d−1})] with ω_k = 10000^(−k/d), d = dim/2."
+
+    inputs = [
+        (torch.tensor([0, 1, 2, 10]), 8),
+        (torch.tensor([0, 3, 50, 500, 999]), 32),
+        (torch.arange(7), 2),
+    ]
+    return compare(student, reference, inputs, name="SinusoidalEmbedding", atol=1e-4, diagnose=diagnose)
+
+
+def check_residual_block(cls) -> CheckResult:
+    """``cls(in_ch, out_ch)``: act(norm(conv(act(norm(conv(x)))))) + skip(x), GroupNorm(8), GELU."""
+
+    def diagnose(student_out, reference_out, args):
+        x = args[0]
+        if isinstance(student_out, Exception):
+            return ("when in_ch ≠ out_ch, x cannot be added to h directly: project it with "
+                    "nn.Conv2d(in_ch, out_ch, kernel_size=1).")
+        hint = _shape_hint(student_out, x, reference_out.shape[1], 1, "keep")
+        if hint:
+            return hint
+        if x.shape[1] == reference_out.shape[1] and torch.allclose(student_out, reference_out - x, atol=1e-4):
+            return "you forgot the skip connection: return h + x (the identity when in_ch == out_ch)."
+        return "order: conv → GroupNorm → GELU → conv → GroupNorm → GELU, then add skip(x)."
+
+    def diagnose_parameters(student, reference, ctor_args):
+        in_ch, out_ch = ctor_args
+        extra = sum(p.numel() for p in student.parameters()) - sum(p.numel() for p in reference.parameters())
+        if in_ch == out_ch and extra == in_ch * out_ch + out_ch:
+            return "when in_ch == out_ch the skip is the identity; use a 1×1 conv only when the channels differ."
+        if in_ch != out_ch and extra == -(in_ch * out_ch + out_ch):
+            return "when in_ch ≠ out_ch the skip needs nn.Conv2d(in_ch, out_ch, kernel_size=1)."
+        return "two 3×3 convs (in_ch → out_ch, out_ch → out_ch), each followed by nn.GroupNorm(8, out_ch)."
+
+    return check_module(cls, ResidualBlock, [(16, 16), (8, 16)], lambda a: (_images(a[0]),), name="ResidualBlock",
+                        diagnose=diagnose, diagnose_parameters=diagnose_parameters)
+
+
+def check_rearrange_pool(cls) -> CheckResult:
+    """``cls(in_ch, out_ch)``: F.pixel_unshuffle(x, 2) (C → 4C, H/2, W/2), then a 1×1 conv 4·in_ch → out_ch."""
+
+    def diagnose(student_out, reference_out, args):
+        if isinstance(student_out, Exception):
+            return "pixel_unshuffle(x, 2) gives 4·in_ch channels: the conv must take 4 * in_ch inputs."
+        hint = _shape_hint(student_out, args[0], reference_out.shape[1], 0.5, "halve")
+        if hint:
+            return hint + " Use F.pixel_unshuffle(x, 2) (not pixel_shuffle, which upsamples)."
+        return "use F.pixel_unshuffle(x, 2) (channel order c, dy, dx), then the conv."
+
+    def diagnose_parameters(student, reference, ctor_args):
+        in_ch, out_ch = ctor_args
+        n = sum(p.numel() for p in student.parameters())
+        if n == 9 * 4 * in_ch * out_ch + out_ch:
+            return "the conv after pixel_unshuffle is 1×1 (kernel_size=1): mixing the 4 sub-pixels needs no neighbours."
+        if n == in_ch * out_ch + out_ch:
+            return "pixel_unshuffle turns in_ch channels into 4·in_ch: build the conv with 4 * in_ch inputs."
+        return "one nn.Conv2d(4 * in_ch, out_ch, kernel_size=1) after F.pixel_unshuffle(x, 2)."
+
+    return check_module(cls, RearrangePool, [(8, 8), (4, 16)], lambda a: (_images(a[0]),), name="RearrangePool",
+                        diagnose=diagnose, diagnose_parameters=diagnose_parameters)
