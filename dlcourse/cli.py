@@ -1,0 +1,71 @@
+"""The ``dlcourse`` command line: one table of subcommands.
+
+Each entry maps a subcommand to ``"module:function"``; the function takes the
+remaining arguments (``argv: list[str]``), parses them itself and returns the
+exit status, so ``dlcourse X ...`` and ``python -m dlcourse.X ...`` behave the
+same. To add a subcommand, add one entry to ``COMMANDS``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import sys
+from typing import Callable
+
+# name -> (one-line help, "module:function" taking argv and returning an exit status)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "authoring": ("write notebooks/ from solutions/ (--check: verify, --strip: strip outputs)", "dlcourse.authoring:main"),
+    "info": ("print versions, the device and the quick/full mode", "dlcourse.cli:info"),
+    "train-evaluator": ("retrain the evaluator classifier of dlcourse.metrics (FID, accuracy)", "dlcourse.metrics:train_main"),
+}
+
+
+def _resolve(target: str) -> Callable[[list[str]], int]:
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def info_lines() -> list[str]:
+    """Versions, device (with GPU name and memory on CUDA) and the mode banner."""
+    import torch
+    import torchvision
+
+    import dlcourse
+
+    lines = [
+        f"python       {platform.python_version()} ({sys.executable})",
+        f"torch        {torch.__version__}",
+        f"torchvision  {torchvision.__version__}",
+        f"dlcourse     {dlcourse.__version__}",
+    ]
+    device = dlcourse.get_device()
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        lines.append(f"device       cuda: {props.name}, {props.total_memory / 2**30:.1f} GiB")
+    else:
+        lines.append(f"device       {device.type} (no CUDA GPU found: training will be slow)")
+    lines.append(dlcourse.banner())
+    return lines
+
+
+def info(argv: list[str] | None = None) -> int:
+    """``dlcourse info``: print the environment report."""
+    argparse.ArgumentParser(prog="dlcourse info", description=COMMANDS["info"][0]).parse_args(argv)
+    print("\n".join(info_lines()))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``dlcourse`` console script and ``python -m dlcourse``."""
+    parser = argparse.ArgumentParser(prog="dlcourse", description="Helpers of the diffusion-models course.")
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, _) in COMMANDS.items():
+        # add_help=False: `dlcourse X --help` reaches X's own parser.
+        subcommands.add_parser(name, help=help_text, add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    return _resolve(COMMANDS[args.command][1])(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
