@@ -10,6 +10,8 @@ from pathlib import Path
 
 os.environ.setdefault("DLCOURSE_QUICK", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
+# Tiny quick-mode tensors: one thread avoids OpenMP contention between pytest and the nbval kernel.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 _ROOT = str(Path(__file__).resolve().parent)
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [_ROOT] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != _ROOT]

@@ -1,0 +1,294 @@
+"""Noise schedules, the forward process q and the one-step reverse updates (DDPM, DDIM).
+
+Time is 0-based in code: t ∈ {0, …, T−1}, where the lectures write 1…T. ``alpha_bars[t]``
+= ᾱ_t = ∏_{s≤t} α_s is the signal level after t+1 noising steps, so ``alpha_bars[0]`` is
+already slightly below 1, and the clean image x_0 sits at "t = −1" (ᾱ_{−1} = 1).
+Per-sample times are ``torch.long`` tensors of shape (N,); coefficients gathered at t
+broadcast over images of any rank.
+
+    α_t = 1 − β_t,   ᾱ_t = ∏_{s≤t} α_s,   q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I),
+    β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t)·β_t   (the variance of q(x_{t−1} | x_t, x_0)).
+"""
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+
+from dlcourse.validation import check_float_tensor, check_positive_int, describe, fail
+
+__all__ = [
+    "linear_betas",
+    "cosine_betas",
+    "scaled_linear_betas",
+    "gather",
+    "Schedule",
+]
+
+
+def _check_beta_range(beta_start, beta_end) -> None:
+    for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+            raise fail(name, "a float in (0, 1)", describe(value))
+    if beta_start > beta_end:
+        raise fail("beta_start", f"at most beta_end = {beta_end}", describe(beta_start))
+
+
+def linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """β_t evenly spaced from ``beta_start`` to ``beta_end`` (Ho et al. 2020; tuned for T = 1000). float64 (T,)."""
+    check_positive_int(T, "T")
+    _check_beta_range(beta_start, beta_end)
+    return torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+
+
+def scaled_linear_betas(T: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """Linear betas with both ends scaled by 1000/T (capped at 0.999), so short chains still reach noise.
+
+    ∑β_t stays about the same for any T: with T = 150 the unscaled betas leave ᾱ_{T−1} ≈ 0.22,
+    the scaled ones ≈ 3·10⁻⁵ (DDPM's value at T = 1000 is 4·10⁻⁵). float64 (T,).
+    """
+    check_positive_int(T, "T")
+    _check_beta_range(beta_start, beta_end)
+    scale = 1000.0 / T
+    return torch.linspace(min(beta_start * scale, 0.999), min(beta_end * scale, 0.999), T, dtype=torch.float64)
+
+
+def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal (2021): f(u) = cos²((u/T + s)/(1 + s)·π/2), β_t = min(1 − f(t+1)/f(t), max_beta).
+
+    Without the cap, ᾱ_t = f(t+1)/f(0). float64 (T,).
+    """
+    check_positive_int(T, "T")
+    if isinstance(s, bool) or not isinstance(s, (int, float)) or not s >= 0:
+        raise fail("s", "a non-negative float offset", describe(s))
+    if isinstance(max_beta, bool) or not isinstance(max_beta, (int, float)) or not 0.0 < max_beta < 1.0:
+        raise fail("max_beta", "a float in (0, 1)", describe(max_beta))
+    u = torch.arange(T + 1, dtype=torch.float64)
+    f = torch.cos((u / T + s) / (1 + s) * math.pi / 2) ** 2
+    return (1 - f[1:] / f[:-1]).clamp(max=max_beta)
+
+
+def _check_t(t, n: int, T: int, name: str = "t") -> torch.Tensor:
+    """t: an integer tensor of shape (n,) with values in [0, T−1]."""
+    if not isinstance(t, torch.Tensor) or t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
+        raise fail(name, f"a torch.long tensor of shape ({n},) (one time step per sample)", describe(t))
+    if tuple(t.shape) != (n,):
+        raise fail(name, f"shape ({n},) to match the batch size of the images", describe(t))
+    if n and (int(t.min()) < 0 or int(t.max()) > T - 1):
+        raise fail(name, f"values in [0, {T - 1}] (t is 0-based)", f"min {int(t.min())}, max {int(t.max())}")
+    return t
+
+
+def _check_x(x, name: str) -> torch.Tensor:
+    check_float_tensor(x, name)
+    if x.dim() < 1:
+        raise fail(name, "a batch with a leading sample dimension (N, ...)", describe(x))
+    return x
+
+
+def _check_like(other, x: torch.Tensor, name: str, like: str) -> torch.Tensor:
+    check_float_tensor(other, name)
+    if other.shape != x.shape:
+        raise fail(name, f"the shape of {like} {tuple(x.shape)}", describe(other))
+    return other
+
+
+def gather(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """values[t] on x's device, shaped (N, 1, …, 1) to broadcast against x."""
+    picked = values[t.to(values.device)].to(x.device)
+    return picked.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+class Schedule:
+    """A noise schedule: β_t and everything derived from it, plus the forward and reverse steps.
+
+    ``betas``: 1-D, each in the open interval (0, 1). Derived tensors (all of shape (T,)):
+    α_t = 1 − β_t, ᾱ_t = ∏_{s≤t} α_s, ``alpha_bars_prev`` = ᾱ_{t−1} (ᾱ_{−1} = 1),
+    β̃_t = (1 − ᾱ_{t−1})/(1 − ᾱ_t)·β_t, SNR_t = ᾱ_t/(1 − ᾱ_t). They are computed in float64
+    and stored in ``dtype``. Methods return tensors in the dtype and on the device of their
+    image inputs (the arithmetic runs in the wider of that dtype and the schedule's).
+    """
+
+    _TENSORS = ("betas", "alphas", "alpha_bars", "alpha_bars_prev", "beta_tildes", "snr")
+
+    def __init__(self, betas, dtype: torch.dtype = torch.float32):
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise fail("dtype", "a floating torch dtype (e.g. torch.float32)", describe(dtype))
+        if not isinstance(betas, torch.Tensor):
+            try:
+                betas = torch.as_tensor(betas, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError):
+                raise fail("betas", "a 1-D tensor of floats in (0, 1)", describe(betas)) from None
+        if betas.dim() != 1 or betas.numel() < 1 or not betas.is_floating_point():
+            raise fail("betas", "a non-empty 1-D float tensor (T,) (T ≥ 1)", describe(betas))
+        b = betas.detach().to(torch.float64)
+        if not torch.isfinite(b).all() or bool((b <= 0).any()) or bool((b >= 1).any()):
+            raise fail("betas", "values in the open interval (0, 1)",
+                       f"min {float(b.min()):.4g}, max {float(b.max()):.4g}")
+        alphas = 1 - b
+        alpha_bars = torch.cumprod(alphas, dim=0)
+        alpha_bars_prev = torch.cat([b.new_ones(1), alpha_bars[:-1]])
+        values = {
+            "betas": b,
+            "alphas": alphas,
+            "alpha_bars": alpha_bars,
+            "alpha_bars_prev": alpha_bars_prev,
+            "beta_tildes": (1 - alpha_bars_prev) / (1 - alpha_bars) * b,
+            "snr": alpha_bars / (1 - alpha_bars),
+        }
+        for name in self._TENSORS:
+            setattr(self, name, values[name].to(dtype))
+        self.dtype = dtype
+
+    @property
+    def T(self) -> int:
+        """Number of diffusion steps."""
+        return self.betas.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.betas.device
+
+    def to(self, device) -> "Schedule":
+        """A copy with every tensor on ``device``."""
+        moved = copy.copy(self)
+        for name in self._TENSORS:
+            setattr(moved, name, getattr(self, name).to(device))
+        return moved
+
+    def __repr__(self) -> str:
+        return (f"Schedule(T={self.T}, beta_0={float(self.betas[0]):.3g}, beta_T-1={float(self.betas[-1]):.3g}, "
+                f"alpha_bar_T-1={float(self.alpha_bars[-1]):.3g}, dtype={self.dtype}, device={self.device})")
+
+    # --- helpers -------------------------------------------------------------------------------
+    def _math_dtype(self, x: torch.Tensor) -> torch.dtype:
+        return torch.promote_types(self.dtype, x.dtype)
+
+    def _coef(self, values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return gather(values, t, x).to(self._math_dtype(x))
+
+    def _check(self, x, t, name: str = "x") -> torch.Tensor:
+        """Validate images x and times t; return x in the math dtype."""
+        _check_x(x, name)
+        _check_t(t, x.shape[0], self.T)
+        return x.to(self._math_dtype(x))
+
+    # --- forward process -----------------------------------------------------------------------
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """x_t ~ q(x_t | x_0) = N(√ᾱ_t x_0, (1 − ᾱ_t) I): x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε."""
+        x = self._check(x0, t, "x0")
+        eps = _check_like(noise, x0, "noise", "x0").to(x.dtype)
+        ab = self._coef(self.alpha_bars, t, x)
+        return (ab.sqrt() * x + (1 - ab).sqrt() * eps).to(x0.dtype)
+
+    def q_step(self, x_prev: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """One forward step q(x_t | x_{t−1}) = N(√α_t x_{t−1}, β_t I): x_t = √α_t x_{t−1} + √β_t ε."""
+        x = self._check(x_prev, t, "x_prev")
+        eps = _check_like(noise, x_prev, "noise", "x_prev").to(x.dtype)
+        return (self._coef(self.alphas, t, x).sqrt() * x + self._coef(self.betas, t, x).sqrt() * eps).to(x_prev.dtype)
+
+    def posterior_mean_variance(self, x0: torch.Tensor, x_t: torch.Tensor,
+                                t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q(x_{t−1} | x_t, x_0) = N(μ̃, β̃_t I) with
+        μ̃ = √ᾱ_{t−1} β_t/(1 − ᾱ_t)·x_0 + √α_t (1 − ᾱ_{t−1})/(1 − ᾱ_t)·x_t.
+
+        Returns (mean like x_t, variance of shape (N, 1, …, 1)).
+        """
+        x = self._check(x_t, t, "x_t")
+        clean = _check_like(x0, x_t, "x0", "x_t").to(x.dtype)
+        beta, ab = self._coef(self.betas, t, x), self._coef(self.alpha_bars, t, x)
+        ab_prev, alpha = self._coef(self.alpha_bars_prev, t, x), self._coef(self.alphas, t, x)
+        mean = ab_prev.sqrt() * beta / (1 - ab) * clean + alpha.sqrt() * (1 - ab_prev) / (1 - ab) * x
+        variance = self._coef(self.beta_tildes, t, x)
+        return mean.to(x_t.dtype), variance.to(x_t.dtype)
+
+    # --- reverse steps -------------------------------------------------------------------------
+    def ddpm_step(self, x_t: torch.Tensor, t: torch.Tensor, eps_pred: torch.Tensor,
+                  noise: torch.Tensor | None = None, variance: str = "beta") -> torch.Tensor:
+        """x_{t−1} = 1/√α_t·(x_t − β_t/√(1 − ᾱ_t)·ε_θ) + σ_t z, with σ_t² = β_t or β̃_t.
+
+        No noise is added where t == 0 (the last step returns the mean). ``noise=None``
+        draws z with ``torch.randn_like``.
+        """
+        if variance not in ("beta", "beta_tilde"):
+            raise fail("variance", "'beta' (σ² = β_t) or 'beta_tilde' (σ² = β̃_t)", describe(variance))
+        x = self._check(x_t, t, "x_t")
+        eps = _check_like(eps_pred, x_t, "eps_pred", "x_t").to(x.dtype)
+        z = torch.randn_like(x_t) if noise is None else _check_like(noise, x_t, "noise", "x_t")
+        beta, ab, alpha = self._coef(self.betas, t, x), self._coef(self.alpha_bars, t, x), self._coef(self.alphas, t, x)
+        mean = (x - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
+        var = beta if variance == "beta" else self._coef(self.beta_tildes, t, x)
+        nonzero = (t > 0).to(x.device, x.dtype).reshape(-1, *([1] * (x.dim() - 1)))  # no noise at t = 0
+        return (mean + nonzero * var.sqrt() * z.to(x.dtype)).to(x_t.dtype)
+
+    def ddim_step(self, x_t: torch.Tensor, t: torch.Tensor, t_prev, eps_pred: torch.Tensor,
+                  eta: float = 0.0, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Jump from t to any earlier t_prev (Song et al. 2021):
+
+        x̂_0 = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t,
+        x_{t_prev} = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev − σ²) ε + σ z,
+        σ = η √((1 − ᾱ_prev)/(1 − ᾱ_t)) √(1 − ᾱ_t/ᾱ_prev).
+
+        ``t_prev``: an int or a per-sample integer tensor, −1 ≤ t_prev < t; −1 is the final
+        step to ᾱ = 1 (returns x̂_0). η = 0 is deterministic; η = 1 over all steps is DDPM with β̃.
+        """
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0:
+            raise fail("eta", "a float ≥ 0 (0 = deterministic DDIM, 1 = DDPM-like noise)", describe(eta))
+        x = self._check(x_t, t, "x_t")
+        eps = _check_like(eps_pred, x_t, "eps_pred", "x_t").to(x.dtype)
+        if isinstance(t_prev, int) and not isinstance(t_prev, bool):
+            t_prev = torch.full_like(t, t_prev)
+        elif not isinstance(t_prev, torch.Tensor) or t_prev.dtype == torch.bool or t_prev.is_floating_point():
+            raise fail("t_prev", "an int or an integer tensor of shape (N,)", describe(t_prev))
+        if tuple(t_prev.shape) != tuple(t.shape):
+            raise fail("t_prev", f"shape {tuple(t.shape)} like t", describe(t_prev))
+        t_prev = t_prev.to(t.device)
+        if len(t) and (int(t_prev.min()) < -1 or bool((t_prev >= t).any())):
+            raise fail("t_prev", "values in [−1, t − 1] (an earlier step; −1 = the clean image)",
+                       f"t_prev min {int(t_prev.min())}, max {int(t_prev.max())} with t min {int(t.min())}")
+        ab = self._coef(self.alpha_bars, t, x)
+        ab_prev = self._coef(torch.cat([self.alpha_bars.new_ones(1), self.alpha_bars]), t_prev + 1, x)
+        x0_pred = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+        sigma = eta * ((1 - ab_prev) / (1 - ab)).sqrt() * (1 - ab / ab_prev).sqrt()
+        out = ab_prev.sqrt() * x0_pred + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+        if eta > 0:
+            z = torch.randn_like(x_t) if noise is None else _check_like(noise, x_t, "noise", "x_t")
+            out = out + sigma * z.to(x.dtype)
+        return out.to(x_t.dtype)
+
+    # --- conversions between ε, x̂_0 and v -----------------------------------------------------
+    def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """x̂_0 = (x_t − √(1 − ᾱ_t) ε)/√ᾱ_t."""
+        x = self._check(x_t, t, "x_t")
+        e = _check_like(eps, x_t, "eps", "x_t").to(x.dtype)
+        ab = self._coef(self.alpha_bars, t, x)
+        return ((x - (1 - ab).sqrt() * e) / ab.sqrt()).to(x_t.dtype)
+
+    def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """ε̂ = (x_t − √ᾱ_t x_0)/√(1 − ᾱ_t)."""
+        x = self._check(x_t, t, "x_t")
+        clean = _check_like(x0, x_t, "x0", "x_t").to(x.dtype)
+        ab = self._coef(self.alpha_bars, t, x)
+        return ((x - ab.sqrt() * clean) / (1 - ab).sqrt()).to(x_t.dtype)
+
+    def v_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho 2022)."""
+        x = self._check(x0, t, "x0")
+        eps = _check_like(noise, x0, "noise", "x0").to(x.dtype)
+        ab = self._coef(self.alpha_bars, t, x)
+        return (ab.sqrt() * eps - (1 - ab).sqrt() * x).to(x0.dtype)
+
+    def eps_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """ε = √(1 − ᾱ_t) x_t + √ᾱ_t v."""
+        x = self._check(x_t, t, "x_t")
+        vv = _check_like(v, x_t, "v", "x_t").to(x.dtype)
+        ab = self._coef(self.alpha_bars, t, x)
+        return ((1 - ab).sqrt() * x + ab.sqrt() * vv).to(x_t.dtype)
+
+    def x0_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """x_0 = √ᾱ_t x_t − √(1 − ᾱ_t) v."""
+        x = self._check(x_t, t, "x_t")
+        vv = _check_like(v, x_t, "v", "x_t").to(x.dtype)
+        ab = self._coef(self.alpha_bars, t, x)
+        return (ab.sqrt() * x - (1 - ab).sqrt() * vv).to(x_t.dtype)

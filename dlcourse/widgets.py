@@ -1,0 +1,178 @@
+"""Interactive explorers for the notebooks.
+
+``guidance_explorer`` samples every (w, class) pair of a classifier-free-guided model ONCE, in a
+single batched sampling run from shared starting noise, and renders each grid to PNG; moving the
+w slider or the class selector afterwards only swaps pre-rendered PNG bytes, so it stays instant.
+"""
+from __future__ import annotations
+
+import io
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from dlcourse.guidance import guided_eps_fn, one_hot
+from dlcourse.validation import check_positive_int, describe, fail
+
+__all__ = ["GuidanceExplorer", "guidance_explorer"]
+
+DEFAULT_WS = tuple(-2.0 + 0.5 * k for k in range(25))  # −2, −1.5, …, 10
+
+
+def _png(grid: np.ndarray, min_width: int = 384) -> bytes:
+    """H×W×3 floats in [0, 1] → PNG bytes, enlarged by an integer factor (nearest) to ≥ min_width."""
+    from PIL import Image
+
+    image = Image.fromarray((grid * 255).round().astype(np.uint8))
+    factor = max(1, -(-min_width // image.width))
+    if factor > 1:
+        image = image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class GuidanceExplorer:
+    """Pre-sampled images for each guidance weight w and class, with a slider and a class selector.
+
+    ``images[w]``: tensor (n_classes, n_per_class, C, H, W) on cpu in [−1, 1]; the same starting
+    noise x_T is used for every w, so one column follows one sample as w changes.
+    ``widget`` (an ipywidgets VBox, or None without ipywidgets), ``set(w=..., cls=...)``,
+    ``current_png``, ``show_static()``.
+    """
+
+    def __init__(self, images: dict[float, torch.Tensor], classes: Sequence[str]):
+        self.images = images
+        self.ws = sorted(images)
+        self.classes = tuple(classes)
+        self.w = 0.0 if 0.0 in images else self.ws[0]
+        self.cls = "all"
+        self._png = {(w, c): self._render(w, c) for w in self.ws for c in ("all", *self.classes)}
+        self.widget = self._build_widget()
+
+    def _render(self, w: float, cls: str) -> bytes:
+        from dlcourse.plotting import image_grid
+
+        x = self.images[w].clamp(-1, 1)  # large w can push samples far outside the data range
+        if cls == "all":
+            return _png(image_grid(x.flatten(0, 1), nrow=x.shape[1]))
+        return _png(image_grid(x[self.classes.index(cls)], nrow=x.shape[1]))
+
+    def _caption(self) -> str:
+        return f"w = {self.w:g} (diffusers' guidance_scale = 1 + w = {1 + self.w:g}) · class: {self.cls}"
+
+    def _build_widget(self):
+        try:
+            import ipywidgets as widgets
+        except ImportError as error:
+            self._no_widget_reason = f"ipywidgets is not available ({error})"
+            return None
+        step = min(np.diff(self.ws)) if len(self.ws) > 1 else 1.0
+        self._slider = widgets.FloatSlider(value=self.w, min=self.ws[0], max=self.ws[-1], step=float(step),
+                                           description="w", continuous_update=True, readout_format=".1f")
+        self._dropdown = widgets.Dropdown(options=["all", *self.classes], value="all", description="class")
+        self._image = widgets.Image(value=self.current_png, format="png")
+        self._label = widgets.Label(self._caption())
+        self._slider.observe(lambda change: self.set(w=change["new"]), names="value")
+        self._dropdown.observe(lambda change: self.set(cls=change["new"]), names="value")
+        return widgets.VBox([widgets.HBox([self._slider, self._dropdown]), self._label, self._image])
+
+    @property
+    def current_png(self) -> bytes:
+        """PNG bytes of the grid for the current w and class."""
+        return self._png[(self.w, self.cls)]
+
+    def set(self, w: float | None = None, cls: str | None = None) -> "GuidanceExplorer":
+        """Show the grid for ``w`` (snapped to the nearest sampled value) and ``cls`` ("all" or a class name)."""
+        if w is not None:
+            if isinstance(w, bool) or not isinstance(w, (int, float)):
+                raise fail("w", f"a number in [{self.ws[0]:g}, {self.ws[-1]:g}]", describe(w))
+            self.w = min(self.ws, key=lambda v: abs(v - w))
+        if cls is not None:
+            if cls != "all" and cls not in self.classes:
+                raise fail("cls", f"'all' or one of {list(self.classes)}", describe(cls))
+            self.cls = cls
+        if self.widget is not None:
+            if self._slider.value != self.w:
+                self._slider.value = self.w  # its observer calls set() again, a no-op
+            if self._dropdown.value != self.cls:
+                self._dropdown.value = self.cls
+            self._image.value = self.current_png
+            self._label.value = self._caption()
+        return self
+
+    def show_static(self, ws: Sequence[float] | None = None):
+        """A matplotlib figure: rows = classes, columns = w values (first sample of each class)."""
+        from dlcourse.plotting import show_images
+
+        ws = list(ws) if ws is not None else self.ws[:: max(1, len(self.ws) // 6)]
+        missing = [w for w in ws if w not in self.images]
+        if missing:
+            raise fail("ws", f"sampled values of w {self.ws}", f"{missing}")
+        tiles = torch.stack([torch.stack([self.images[w][k, 0] for w in ws]) for k in range(len(self.classes))])
+        return show_images(tiles.flatten(0, 1), nrow=len(ws), row_titles=list(self.classes),
+                           col_titles=[f"w = {w:g}" for w in ws], figsize=(1.3 * len(ws) + 1, 1.4 * len(self.classes)))
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        if self.widget is None:
+            print(f"Showing a static grid instead of the interactive explorer: {self._no_widget_reason}.")
+            display(self.show_static())
+        else:
+            display(self.widget)
+
+
+def _image_shape(model, image_shape) -> tuple[int, int, int]:
+    if image_shape is None:
+        config = getattr(model, "config", {}) or {}
+        if "image_channels" not in config or "image_size" not in config:
+            raise fail("image_shape", "(C, H, W), or a model whose .config has image_channels and image_size",
+                       describe(image_shape))
+        return (config["image_channels"], config["image_size"], config["image_size"])
+    if (not isinstance(image_shape, (tuple, list)) or len(image_shape) != 3
+            or not all(isinstance(s, int) and s > 0 for s in image_shape)):
+        raise fail("image_shape", "a tuple (C, H, W) of positive ints", describe(image_shape))
+    return tuple(image_shape)
+
+
+def guidance_explorer(model, schedule, classes: Sequence[str], *, ws: Sequence[float] | None = None,
+                      n_per_class: int = 4, sampler: str = "ddim", steps: int = 50, seed: int = 0, device=None,
+                      image_shape: tuple[int, int, int] | None = None, progress: bool = True) -> GuidanceExplorer:
+    """Sample ``n_per_class`` images per class at every w in ``ws`` (default −2, −1.5, …, 10) in ONE
+    batched CFG run: the batch stacks len(ws) × len(classes) × n_per_class samples, each with its own
+    w (``guided_eps_fn`` with a per-sample w), and every w starts from the same x_T (``seed``).
+
+    ``model(x, t, c, c_mask)`` is a context-conditioned ε-model (put it in eval mode) whose context is
+    ``one_hot(class index, len(classes))``; ``sampler``: "ddim" (``steps`` steps, η = 0) or "ddpm".
+    ``image_shape`` (C, H, W) defaults to the model's config. Returns a :class:`GuidanceExplorer`.
+    """
+    from dlcourse.sampling import ddim_sample, ddpm_sample
+
+    if isinstance(classes, str) or not isinstance(classes, Sequence) or not classes:
+        raise fail("classes", "a non-empty list of class names", describe(classes))
+    ws = list(DEFAULT_WS if ws is None else ws)
+    if not ws or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in ws) or len(set(ws)) != len(ws):
+        raise fail("ws", "a non-empty list of distinct numbers (guidance weights w)", describe(ws))
+    ws = sorted(float(w) for w in ws)
+    check_positive_int(n_per_class, "n_per_class")
+    if sampler not in ("ddim", "ddpm"):
+        raise fail("sampler", "'ddim' or 'ddpm'", describe(sampler))
+    shape = _image_shape(model, image_shape)
+    if device is None:
+        first = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+        device = first.device if first is not None else torch.device("cpu")
+    n_classes, per_w = len(classes), len(classes) * n_per_class
+    generator = torch.Generator().manual_seed(seed)
+    x_T = torch.randn((per_w, *shape), generator=generator).repeat(len(ws), 1, 1, 1).to(device)
+    labels = torch.arange(n_classes).repeat_interleave(n_per_class).repeat(len(ws))
+    c = one_hot(labels, n_classes).to(device)
+    w = torch.tensor(ws).repeat_interleave(per_w).to(device)
+    eps_fn = guided_eps_fn(model, c, w)
+    if sampler == "ddim":
+        x0 = ddim_sample(eps_fn, schedule, x_T.shape, steps=steps, x_T=x_T, progress=progress)
+    else:
+        x0 = ddpm_sample(eps_fn, schedule, x_T.shape, x_T=x_T, generator=generator, progress=progress)
+    x0 = x0.detach().float().cpu().reshape(len(ws), n_classes, n_per_class, *shape)
+    return GuidanceExplorer({w_: x0[i] for i, w_ in enumerate(ws)}, classes)

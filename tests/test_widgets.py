@@ -1,0 +1,99 @@
+"""dlcourse.widgets.guidance_explorer with a tiny stand-in conditional model."""
+import matplotlib
+import pytest
+import torch
+from torch import nn
+
+from dlcourse.schedules import Schedule, scaled_linear_betas
+from dlcourse.widgets import guidance_explorer
+
+CLASSES = ("daisy", "rose", "tulip")
+
+
+class CountingModel(nn.Module):
+    """model(x, t, c, c_mask): the exact ε for data = one colour per class (black for the null context);
+    records each forward's batch size."""
+
+    def __init__(self, schedule: Schedule, context_dim: int = 3, channels: int = 3):
+        super().__init__()
+        self.colour = nn.Parameter(torch.randn(context_dim, channels, generator=torch.Generator().manual_seed(0)))
+        self.alpha_bars = schedule.alpha_bars
+        self.batch_sizes = []
+
+    def forward(self, x, t, c=None, c_mask=None):
+        self.batch_sizes.append(x.shape[0])
+        c = c * c_mask[:, None]
+        x_star = 0.5 * torch.tanh(c @ self.colour)[:, :, None, None]
+        ab = self.alpha_bars[t][:, None, None, None]
+        return (x - ab.sqrt() * x_star) / (1 - ab).sqrt()
+
+
+@pytest.fixture(scope="module")
+def explorer_and_model():
+    schedule = Schedule(scaled_linear_betas(20))
+    model = CountingModel(schedule)
+    explorer = guidance_explorer(model, schedule, CLASSES, n_per_class=2, steps=5, image_shape=(3, 4, 4),
+                                 progress=False)
+    return explorer, model
+
+
+def test_one_batched_sampling_run_for_all_slider_values(explorer_and_model):
+    explorer, model = explorer_and_model
+    n_ws = 25  # −2, −1.5, …, 10
+    assert len(model.batch_sizes) == 5  # one forward per sampling step
+    assert set(model.batch_sizes) == {2 * n_ws * len(CLASSES) * 2}
+    assert sorted(explorer.images) == [-2 + 0.5 * k for k in range(n_ws)]
+    assert all(x.shape == (len(CLASSES), 2, 3, 4, 4) for x in explorer.images.values())
+
+
+def test_slider_and_class_selector(explorer_and_model):
+    explorer, _ = explorer_and_model
+    slider, dropdown = explorer.widget.children[0].children
+    assert (slider.min, slider.max, slider.step, slider.description) == (-2.0, 10.0, 0.5, "w")
+    assert list(dropdown.options) == ["all", *CLASSES]
+    explorer.set(w=0.0, cls="all")
+    at_zero = explorer.current_png
+    assert at_zero.startswith(b"\x89PNG")
+    explorer.set(w=4.0)
+    assert explorer.current_png != at_zero and slider.value == 4.0
+    slider.value = 0.0  # moving the slider updates the shown image
+    assert explorer.current_png == at_zero and explorer.w == 0.0
+    assert explorer.widget.children[-1].value == at_zero
+    dropdown.value = "rose"
+    assert explorer.cls == "rose" and explorer.current_png != at_zero
+    explorer.set(cls="all")
+    assert explorer.current_png == at_zero
+    with pytest.raises(ValueError, match="cls: expected 'all' or one of"):
+        explorer.set(cls="orchid")
+
+
+def test_guidance_uses_shared_noise_and_the_weight(explorer_and_model):
+    explorer, _ = explorer_and_model
+    # w = −1 is unconditional: with shared x_T every class gives the same images
+    uncond = explorer.images[-1.0]
+    assert torch.allclose(uncond[0], uncond[1], atol=1e-6) and torch.allclose(uncond[1], uncond[2], atol=1e-6)
+    assert not torch.allclose(explorer.images[0.0][0], explorer.images[0.0][1], atol=1e-3)
+
+
+def test_static_fallback(explorer_and_model):
+    explorer, _ = explorer_and_model
+    figure = explorer.show_static(ws=[-1.0, 0.0, 5.0])
+    assert isinstance(figure, matplotlib.figure.Figure)
+
+
+def test_bad_arguments():
+    schedule = Schedule(scaled_linear_betas(10))
+    model = CountingModel(schedule)
+    with pytest.raises(ValueError, match="sampler: expected 'ddim' or 'ddpm'"):
+        guidance_explorer(model, schedule, CLASSES, sampler="euler", image_shape=(3, 4, 4), progress=False)
+    with pytest.raises(ValueError, match=r"image_shape: expected \(C, H, W\)"):
+        guidance_explorer(model, schedule, CLASSES, progress=False)
+
+
+def test_each_weight_gets_its_own_guidance(explorer_and_model):
+    """With the exact ε of one-colour-per-class data, CFG with weight w lands on (1 + w)·x*_class."""
+    explorer, model = explorer_and_model
+    x_star = 0.5 * torch.tanh(model.colour.detach())  # (class, channel)
+    for w in (-2.0, -1.0, 0.0, 0.5, 3.0, 10.0):
+        expected = ((1 + w) * x_star)[:, None, :, None, None].expand(3, 2, 3, 4, 4)
+        assert torch.allclose(explorer.images[w], expected, atol=1e-4), w
