@@ -15,15 +15,6 @@ from dlcourse.schedules import Schedule, linear_betas, scaled_linear_betas
 MU, S = 0.3, 0.5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small element-wise loops are far faster on one thread when the 2 CPU cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def point_oracle(schedule: Schedule, x_star: torch.Tensor):
     """ε for data = a single point x*: ε(x_t, t) = (x_t − √ᾱ_t x*)/√(1 − ᾱ_t)."""
     def eps_fn(x, t):

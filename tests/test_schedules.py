@@ -9,15 +9,6 @@ from dlcourse.schedules import Schedule, cosine_betas, gather, linear_betas, sca
 T = 100
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small element-wise loops are far faster on one thread when the 2 CPU cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def sched() -> Schedule:
     return Schedule(scaled_linear_betas(T), dtype=torch.float64)
