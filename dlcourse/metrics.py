@@ -18,9 +18,7 @@ import argparse
 import functools
 import hashlib
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .files import write_atomically
 from .validation import check_images, check_positive_int, describe, fail
 
 __all__ = [
@@ -374,18 +373,6 @@ def reference_numbers(evaluator: Evaluator | None = None, n: int = 2000, seed: i
     return result
 
 
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; package data must be readable by everyone
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def train_evaluator(*, epochs: int = 5, batch_size: int = 128, lr: float = 2e-3, ema_decay: float = 0.99, seed: int = 0,
                     widths: tuple[int, ...] = (16, 32, 64, 128), feature_dim: int = 128, device=None,
                     progress: bool = True) -> tuple[Evaluator, dict]:
@@ -438,8 +425,8 @@ def train_evaluator(*, epochs: int = 5, batch_size: int = 128, lr: float = 2e-3,
                                "per_class": per_class_accuracy(test_x, test_y, ev)}
     config["reference"] = reference_numbers(ev)
     WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
-    _atomic_write(WEIGHTS_FILE, lambda p: save_file({k: v.contiguous() for k, v in net.state_dict().items()}, p))
-    _atomic_write(CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
+    write_atomically(WEIGHTS_FILE, lambda p: save_file({k: v.contiguous() for k, v in net.state_dict().items()}, p))
+    write_atomically(CONFIG_FILE, lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
     _load.cache_clear()
     config["size_bytes"] = WEIGHTS_FILE.stat().st_size
     return ev, config

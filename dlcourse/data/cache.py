@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..files import write_atomically
 from ..validation import describe, fail
 
 REPO_CACHE = Path(__file__).resolve().parents[2] / "data" / "cache"
@@ -72,16 +73,9 @@ def load(path: Path, params: dict):
 
 def save(path: Path, params: dict, images: np.ndarray, labels: np.ndarray, attributes: list[dict]) -> None:
     """Write atomically: a temporary file in the same folder, then ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a name
             np.savez(f, images=images, labels=labels, attributes=np.array(json.dumps(attributes)),
                      fingerprint=np.array(fingerprint(params)))
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a cache is shareable
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomically(path, write)

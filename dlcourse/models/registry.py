@@ -14,13 +14,13 @@ import functools
 import inspect
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from dlcourse.files import write_atomically
 from dlcourse.validation import describe, fail
 
 CONFIG_FILE = "config.json"
@@ -113,18 +113,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _write_atomically(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
-
-
 def save_model(model: nn.Module, folder: str | os.PathLike) -> Path:
     """Write ``folder/model.safetensors`` and ``folder/config.json``; return the folder."""
     config = getattr(model, "config", None)
@@ -137,11 +125,11 @@ def save_model(model: nn.Module, folder: str | os.PathLike) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
-    _write_atomically(
+    write_atomically(
         folder / WEIGHTS_FILE, lambda temp: save_file(tensors, temp, metadata={"name": config["name"]})
     )
     text = json.dumps(config, indent=2, sort_keys=True) + "\n"
-    _write_atomically(folder / CONFIG_FILE, lambda temp: Path(temp).write_text(text, encoding="utf-8"))
+    write_atomically(folder / CONFIG_FILE, lambda temp: Path(temp).write_text(text, encoding="utf-8"))
     return folder
 
 
