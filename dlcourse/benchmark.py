@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .models import count_parameters
 from .validation import check_positive_int, describe, fail
 
 __all__ = ["Row", "Settings", "ROWS", "MEASURES", "LESSON02", "OPTIMISED", "time_train_step", "time_sampling",
@@ -167,7 +168,7 @@ def measure_train_step(settings: Settings, device: torch.device, *, model: dict,
     result = time_train_step(net, batch_size=settings.batch_size, device=device, channels_last=channels_last,
                              amp_dtype=_AMP[amp], timed_steps=settings.timed_steps,
                              warmup_steps=settings.warmup_steps)
-    result["parameters"] = sum(p.numel() for p in net.parameters())
+    result["parameters"] = count_parameters(net)
     return result
 
 

@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
+from dlcourse.models import count_parameters
 from dlcourse.validation import describe, fail
 
 __all__ = ["CheckResult", "compare", "check_module", "default_devices"]
@@ -274,8 +275,8 @@ def _check_one_module(student_cls, reference_cls, kwargs, args, *, name, atol, r
         raise AssertionError(f"❌ {label}: expected an nn.Module, got {describe(student)}")
     with torch.no_grad():  # a first run, before counting parameters, catches an unfilled forward
         _run_student(student, _move(args, "cpu"), label, "", diagnose, _call(reference, _move(args, "cpu")))
-    n_student = sum(p.numel() for p in student.parameters())
-    n_reference = sum(p.numel() for p in reference.parameters())
+    n_student = count_parameters(student)
+    n_reference = count_parameters(reference)
     if n_student != n_reference:
         raise AssertionError(
             f"❌ {label}: your module has {n_student:,} parameters, the reference {n_reference:,} "

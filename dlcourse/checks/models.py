@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from dlcourse.models import DownBlock, RearrangePool, ResidualBlock, SinusoidalEmbedding, UpBlock
+from dlcourse.models import DownBlock, count_parameters, RearrangePool, ResidualBlock, SinusoidalEmbedding, UpBlock
 
 from .core import CheckResult, check_module, compare
 
@@ -52,7 +52,7 @@ def check_down_block(cls) -> CheckResult:
 
     def diagnose_parameters(student, reference, ctor_args):
         out_ch = ctor_args[1]
-        missing = sum(p.numel() for p in reference.parameters()) - sum(p.numel() for p in student.parameters())
+        missing = count_parameters(reference) - count_parameters(student)
         if missing == 4 * out_ch:
             return "both nn.BatchNorm2d(out_ch) layers are missing: each conv is followed by one (2·out_ch parameters each)."
         if missing == 2 * out_ch:
@@ -157,7 +157,7 @@ def check_residual_block(cls) -> CheckResult:
 
     def diagnose_parameters(student, reference, ctor_args):
         in_ch, out_ch = ctor_args
-        extra = sum(p.numel() for p in student.parameters()) - sum(p.numel() for p in reference.parameters())
+        extra = count_parameters(student) - count_parameters(reference)
         if in_ch == out_ch and extra == in_ch * out_ch + out_ch:
             return "when in_ch == out_ch the skip is the identity; use a 1×1 conv only when the channels differ."
         if in_ch != out_ch and extra == -(in_ch * out_ch + out_ch):
@@ -181,7 +181,7 @@ def check_rearrange_pool(cls) -> CheckResult:
 
     def diagnose_parameters(student, reference, ctor_args):
         in_ch, out_ch = ctor_args
-        n = sum(p.numel() for p in student.parameters())
+        n = count_parameters(student)
         if n == 9 * 4 * in_ch * out_ch + out_ch:
             return "the conv after pixel_unshuffle is 1×1 (kernel_size=1): mixing the 4 sub-pixels needs no neighbours."
         if n == in_ch * out_ch + out_ch:
