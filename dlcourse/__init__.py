@@ -12,10 +12,10 @@ import random
 import numpy as np
 import torch
 
-from .config import budget, is_quick
+from .config import budget, is_quick, mode, mode_and_reason
 
 __version__ = "0.1.0"
-__all__ = ["get_device", "seed_everything", "setup", "budget", "is_quick", "__version__"]
+__all__ = ["get_device", "seed_everything", "setup", "budget", "is_quick", "mode", "__version__"]
 
 
 def get_device() -> torch.device:
@@ -38,13 +38,14 @@ def seed_everything(seed: int = 0) -> None:
 
 
 def banner() -> str:
-    """One line saying which mode is on and where the work runs."""
-    mode = (
-        "QUICK mode (DLCOURSE_QUICK=1): small data, few steps - numbers are not meaningful"
-        if is_quick()
-        else "FULL mode: the budgets students see (set DLCOURSE_QUICK=1 for a fast smoke run)"
-    )
-    return f"dlcourse {__version__} | {mode} | device: {get_device()}"
+    """One line saying which budget is on, why, and where the work runs."""
+    chosen, reason = mode_and_reason()
+    meaning = {
+        "full": "sized for one CUDA GPU",
+        "cpu": "sized for a CPU: each lesson in about 10 minutes, small images (DLCOURSE_BUDGET=full for GPU sizes)",
+        "quick": "CI smoke run: tiny data, few steps - pictures and numbers are not meaningful",
+    }[chosen]
+    return f"dlcourse {__version__} | {chosen.upper()} budget ({reason}): {meaning} | device: {get_device()}"
 
 
 def setup(seed: int = 0) -> torch.device:

@@ -16,7 +16,7 @@ from typing import Callable
 # name -> (one-line help, "module:function" taking argv and returning an exit status)
 COMMANDS: dict[str, tuple[str, str]] = {
     "authoring": ("write notebooks/ from solutions/ (--check: verify, --strip: strip outputs)", "dlcourse.authoring:main"),
-    "info": ("print versions, the device and the quick/full mode", "dlcourse.cli:info"),
+    "info": ("print versions, the device and the budget (quick/cpu/full)", "dlcourse.cli:info"),
     "train-evaluator": ("retrain the evaluator classifier of dlcourse.metrics (FID, accuracy)", "dlcourse.metrics:train_main"),
     "benchmark": ("time training steps and sampling of the lesson-03 models (table + JSON)", "dlcourse.benchmark:main"),
 }
@@ -46,6 +46,8 @@ def info_lines() -> list[str]:
         lines.append(f"device       cuda: {props.name}, {props.total_memory / 2**30:.1f} GiB")
     else:
         lines.append(f"device       {device.type} (no CUDA GPU found: training will be slow)")
+    chosen, reason = dlcourse.mode_and_reason()
+    lines.append(f"budget       {chosen} ({reason})")
     lines.append(dlcourse.banner())
     return lines
 

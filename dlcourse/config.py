@@ -1,10 +1,16 @@
-"""Quick mode and per-lesson budgets: the one place where work is shrunk for CI.
+"""Budgets: the one place where work is sized for the machine a lesson runs on.
 
-``DLCOURSE_QUICK=1`` (also ``true``/``yes``/``on``) switches every notebook to a
-small budget so that it runs in a minute or two on a 2-core CPU. Full mode is the
-default and is what students see on a GPU. Notebooks read their sizes with
-``budget("02_ddpm")`` and never branch on the mode themselves, so they read the
-same in both modes.
+Three budgets, one table. Notebooks read their sizes with ``budget("02_ddpm")`` and never
+branch on the mode themselves, so they read the same under every budget.
+
+- ``full``  — one CUDA GPU: the sizes the course is designed for (default where CUDA exists).
+- ``cpu``   — a laptop without a GPU: each lesson in ≤ 10 minutes on 2 cores, with pictures and
+  numbers that mean something (16×16 images, small U-Nets; sized by measurement, see
+  ``docs/results.md``). Default where there is no CUDA.
+- ``quick`` — CI smoke runs: seconds per lesson, numbers meaningless.
+
+Choose explicitly with ``DLCOURSE_BUDGET=quick|cpu|full``; ``DLCOURSE_QUICK=1`` (also
+``true``/``yes``/``on``) is kept as a short form of ``DLCOURSE_BUDGET=quick``.
 """
 from __future__ import annotations
 
@@ -12,82 +18,109 @@ import os
 from types import SimpleNamespace
 
 _TRUE = {"1", "true", "yes", "on"}
+MODES = ("full", "cpu", "quick")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def mode_and_reason() -> tuple[str, str]:
+    """The budget in force and why: ``DLCOURSE_BUDGET``, then ``DLCOURSE_QUICK``, then the hardware."""
+    chosen = os.environ.get("DLCOURSE_BUDGET", "").strip().lower()
+    if chosen:
+        if chosen not in MODES:
+            raise ValueError(f"DLCOURSE_BUDGET: expected one of {', '.join(MODES)}, got {chosen!r} "
+                             "(unset it to choose by hardware)")
+        return chosen, f"DLCOURSE_BUDGET={chosen}"
+    if os.environ.get("DLCOURSE_QUICK", "").strip().lower() in _TRUE:
+        return "quick", "DLCOURSE_QUICK=1"
+    if _cuda_available():
+        return "full", "a CUDA GPU is available"
+    return "cpu", "no CUDA GPU found"
+
+
+def mode() -> str:
+    """The budget in force: ``"full"``, ``"cpu"`` or ``"quick"`` (see :func:`mode_and_reason`)."""
+    return mode_and_reason()[0]
 
 
 def is_quick() -> bool:
-    """True when the environment variable ``DLCOURSE_QUICK`` is set to a true value."""
-    return os.environ.get("DLCOURSE_QUICK", "").strip().lower() in _TRUE
+    """True under the quick (CI) budget."""
+    return mode() == "quick"
 
 
-# Each lesson's sizes: (full mode, quick mode). Keys are read by the notebooks.
-# n_images: training images; train_steps: optimizer steps; batch_size;
+# Each lesson's sizes: (full, cpu, quick). Keys are read by the notebooks.
+# n_images: training images; train_steps: optimizer steps; batch_size; lr: peak learning rate;
 # T: diffusion steps; n_samples: images sampled for grids/metrics.
 BUDGETS: dict[str, dict[str, tuple]] = {
     "00_welcome": {
-        "n_images": (64, 32),
+        "n_images": (64, 64, 32),
     },
     "01_unet_denoiser": {
-        "n_images": (10_000, 512),
-        "image_size": (32, 32),
-        "channels": ((64, 128, 256), (16, 32)),
-        "train_steps": (3_000, 60),
-        "batch_size": (128, 32),
-        "noise_level": (0.5, 0.5),
+        "n_images": (10_000, 4_000, 512),
+        "image_size": (32, 16, 32),
+        "channels": ((64, 128, 256), (32, 64), (16, 32)),
+        "train_steps": (3_000, 1_500, 60),
+        "batch_size": (128, 64, 32),
+        "noise_level": (0.5, 0.5, 0.5),
     },
     "02_ddpm": {
-        # quick mode: 16x16 images, so that 300 steps give samples in the data range within the CPU budget
-        "n_images": (10_000, 512),
-        "image_size": (32, 16),
-        "channels": ((64, 128, 256), (16, 32)),
-        "T": (1000, 100),
-        "train_steps": (8_000, 300),
-        "batch_size": (128, 32),
-        "n_samples": (40, 10),
+        "n_images": (10_000, 10_000, 512),
+        "image_size": (32, 16, 16),
+        "channels": ((64, 128, 256), (32, 64), (16, 32)),
+        "T": (1000, 200, 100),
+        "train_steps": (8_000, 4_000, 300),
+        "batch_size": (128, 64, 32),
+        "n_samples": (100, 100, 10),
     },
     "03_optimizations": {
-        # quick mode: 16x16 images and a short chain, so that the whole notebook runs in about a minute on a CPU
-        "n_images": (10_000, 256),
-        "image_size": (32, 16),
-        "channels": ((64, 128, 256), (16, 32)),
-        "T": (1000, 50),
+        "n_images": (10_000, 10_000, 256),
+        "image_size": (32, 16, 16),
+        "channels": ((64, 128, 256), (32, 64), (16, 32)),
+        "T": (1000, 200, 50),
         # two models (lesson-02 style and optimised) are trained on this same budget each
-        "train_steps": (4_000, 30),
-        "batch_size": (128, 16),
-        "n_samples": (500, 16),
-        "ema_decay": (0.999, 0.99),
+        "train_steps": (4_000, 2_500, 30),
+        "batch_size": (128, 64, 16),
+        "n_samples": (500, 200, 16),
+        "ema_decay": (0.999, 0.999, 0.99),
         # DDIM steps S of the FID-vs-steps table (T is added as the last column)
-        "ddim_steps": ((10, 20, 50, 100), (10,)),
+        "ddim_steps": ((10, 20, 50, 100), (10, 25, 50), (10,)),
         # the DDIM steps used to compare models and EMA
-        "sampling_steps": (50, 10),
+        "sampling_steps": (50, 50, 10),
         # timed optimizer steps per row of the speed table
-        "timed_steps": (20, 2),
+        "timed_steps": (20, 5, 2),
     },
     "04_classifier_free_guidance": {
-        "n_images": (10_000, 512),
-        "image_size": (32, 16),
-        "channels": ((64, 128, 256), (16, 32)),
-        "T": (1000, 100),
-        "train_steps": (8_000, 50),
-        "batch_size": (128, 32),
+        "n_images": (10_000, 10_000, 512),
+        "image_size": (32, 16, 16),
+        "channels": ((64, 128, 256), (32, 64), (16, 32)),
+        "T": (1000, 200, 100),
+        "train_steps": (8_000, 4_000, 50),
+        "batch_size": (128, 64, 32),
         # samples per guidance weight w in the trade-off sweep (balanced over the 5 classes)
-        "n_samples": (500, 10),
+        "n_samples": (500, 200, 10),
         # test images that FID compares with
-        "n_test": (2_000, 100),
-        "sampling_steps": (50, 5),
+        "n_test": (2_000, 2_000, 100),
+        "sampling_steps": (50, 50, 5),
         # samples per (w, class) in the w-slider explorer (25 values of w: one batched run)
-        "explorer_per_class": (4, 1),
+        "explorer_per_class": (4, 2, 1),
         # repeats per timing of batched vs two-pass guidance (the minimum is reported)
-        "timing_repeats": (5, 1),
+        "timing_repeats": (5, 3, 1),
     },
 }
 
 
-def budget(lesson: str) -> SimpleNamespace:
-    """Return the sizes for ``lesson`` in the current mode, plus ``quick`` (bool)."""
+def budget(lesson: str, mode_name: str | None = None) -> SimpleNamespace:
+    """The sizes for ``lesson`` under ``mode_name`` (default: the budget in force), plus
+    ``mode`` (its name) and ``quick`` (bool)."""
     if lesson not in BUDGETS:
-        raise ValueError(
-            f"lesson: expected one of {sorted(BUDGETS)}, got {lesson!r}"
-        )
-    pick = 1 if is_quick() else 0
-    sizes = {key: pair[pick] for key, pair in BUDGETS[lesson].items()}
-    return SimpleNamespace(quick=bool(pick), **sizes)
+        raise ValueError(f"lesson: expected one of {sorted(BUDGETS)}, got {lesson!r}")
+    chosen = mode() if mode_name is None else mode_name
+    if chosen not in MODES:
+        raise ValueError(f"mode_name: expected one of {', '.join(MODES)} or None, got {chosen!r}")
+    pick = MODES.index(chosen)
+    sizes = {key: values[pick] for key, values in BUDGETS[lesson].items()}
+    return SimpleNamespace(mode=chosen, quick=chosen == "quick", **sizes)

@@ -3,6 +3,11 @@
 A denoiser is any callable ``eps_fn(x_t, t) -> eps_pred`` with t a long tensor (N,);
 wrap a model with ``lambda x, t: model(x, t)`` (or use ``dlcourse.guidance.guided_eps_fn``).
 Time is 0-based (t ∈ {0, …, T−1}); in a trajectory, key −1 holds the final sample.
+
+The loops clip the predicted x̂_0 to [−1, 1] at every step by default (``x0_mode="clip"``, as
+diffusers' schedulers do): an imperfect model otherwise drifts into saturated colour noise, worst
+with deterministic DDIM and large guidance weights. ``x0_mode="none"`` runs the lectures' plain
+equations; ``"dynamic"`` is Imagen's dynamic thresholding (see ``schedules.adjust_x0``).
 """
 from __future__ import annotations
 
@@ -96,13 +101,15 @@ def _finish(x, record, trajectory):
 
 def ddpm_sample(eps_fn: EpsFn, schedule: Schedule, shape, *, x_T: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, variance: str = "beta", device=None,
-                trajectory_at: Iterable[int] | str | None = None, progress: bool = True):
+                trajectory_at: Iterable[int] | str | None = None, progress: bool = True,
+                x0_mode: str = "clip", percentile: float = 0.995):
     """Ancestral sampling: x_T ~ N(0, I), then x_{t−1} = ``schedule.ddpm_step`` for t = T−1, …, 0.
 
     ``device``: where to sample (default: x_T's device, else ``dlcourse.get_device()``); x_T is
     drawn in the schedule's dtype. All noise comes from ``generator`` when given.
     Returns x_0, or (x_0, {t: x_t on cpu}) for the t's in ``trajectory_at``
-    (an iterable of t's, −1 = the final sample, or "all").
+    (an iterable of t's, −1 = the final sample, or "all"). ``x0_mode``/``percentile``: what each
+    step does with the predicted x̂_0 (default: clip to [−1, 1]; see the module docstring).
     """
     _check_schedule(schedule)
     if variance not in ("beta", "beta_tilde"):
@@ -117,13 +124,15 @@ def ddpm_sample(eps_fn: EpsFn, schedule: Schedule, shape, *, x_T: torch.Tensor |
             tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
             eps = _predict(eps_fn, x, tt)
             noise = _randn(x.shape, generator, x.device, x.dtype) if t > 0 else torch.zeros_like(x)
-            x = schedule.ddpm_step(x, tt, eps, noise=noise, variance=variance)
+            x = schedule.ddpm_step(x, tt, eps, noise=noise, variance=variance, x0_mode=x0_mode,
+                                   percentile=percentile)
     return _finish(x, record, trajectory)
 
 
 def ddim_sample(eps_fn: EpsFn, schedule: Schedule, shape, *, steps: int = 50, eta: float = 0.0,
                 x_T: torch.Tensor | None = None, generator: torch.Generator | None = None, device=None,
-                trajectory_at: Iterable[int] | str | None = None, progress: bool = True):
+                trajectory_at: Iterable[int] | str | None = None, progress: bool = True,
+                x0_mode: str = "clip", percentile: float = 0.995):
     """DDIM over ``ddim_timesteps(T, steps)``; each step is ``schedule.ddim_step`` to the next
     time in the grid, the last one to t_prev = −1 (ᾱ = 1). η = 0: deterministic.
 
@@ -145,5 +154,6 @@ def ddim_sample(eps_fn: EpsFn, schedule: Schedule, shape, *, steps: int = 50, et
             noise = None
             if eta > 0:  # the last step (to ᾱ = 1) has σ = 0
                 noise = _randn(x.shape, generator, x.device, x.dtype) if t_prev >= 0 else torch.zeros_like(x)
-            x = schedule.ddim_step(x, tt, t_prev, eps, eta=eta, noise=noise)
+            x = schedule.ddim_step(x, tt, t_prev, eps, eta=eta, noise=noise, x0_mode=x0_mode,
+                                   percentile=percentile)
     return _finish(x, record, trajectory)

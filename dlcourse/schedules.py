@@ -23,8 +23,47 @@ __all__ = [
     "cosine_betas",
     "scaled_linear_betas",
     "gather",
+    "X0_MODES",
+    "adjust_x0",
+    "dynamic_threshold",
     "Schedule",
 ]
+
+X0_MODES = ("none", "clip", "dynamic")
+
+
+def _check_x0_mode(x0_mode, percentile) -> None:
+    if x0_mode not in X0_MODES:
+        raise fail("x0_mode", "'none' (the plain formula), 'clip' (x̂_0 to [−1, 1]) or "
+                   "'dynamic' (Imagen's dynamic thresholding)", describe(x0_mode))
+    if (isinstance(percentile, bool) or not isinstance(percentile, (int, float))
+            or not 0.5 <= float(percentile) <= 1.0):
+        raise fail("percentile", "a quantile in [0.5, 1] (Imagen uses 0.995)", describe(percentile))
+
+
+def dynamic_threshold(x0_pred: torch.Tensor, percentile: float = 0.995) -> torch.Tensor:
+    """Imagen's dynamic thresholding (Saharia et al. 2022), per sample:
+    s = max(1, quantile_p(|x̂_0|)), x̂_0 ← clip(x̂_0, −s, s)/s.
+
+    Samples already inside [−1, 1] (s = 1) are unchanged; saturated ones are pulled back in
+    instead of being flattened at ±1.
+    """
+    _check_x0_mode("dynamic", percentile)
+    flat = x0_pred.detach().abs().flatten(1).float()
+    s = torch.quantile(flat, float(percentile), dim=1).clamp(min=1.0)
+    s = s.to(x0_pred.dtype).reshape(-1, *([1] * (x0_pred.dim() - 1)))
+    return torch.maximum(torch.minimum(x0_pred, s), -s) / s
+
+
+def adjust_x0(x0_pred: torch.Tensor, x0_mode: str = "none", percentile: float = 0.995) -> torch.Tensor:
+    """What a sampler does with its predicted x̂_0: ``"none"`` keeps it, ``"clip"`` clamps it to
+    [−1, 1] (diffusers' ``clip_sample=True``), ``"dynamic"`` applies :func:`dynamic_threshold`."""
+    _check_x0_mode(x0_mode, percentile)
+    if x0_mode == "clip":
+        return x0_pred.clamp(-1, 1)
+    if x0_mode == "dynamic":
+        return dynamic_threshold(x0_pred, percentile)
+    return x0_pred
 
 
 def _check_beta_range(beta_start, beta_end) -> None:
@@ -205,25 +244,34 @@ class Schedule:
 
     # --- reverse steps -------------------------------------------------------------------------
     def ddpm_step(self, x_t: torch.Tensor, t: torch.Tensor, eps_pred: torch.Tensor,
-                  noise: torch.Tensor | None = None, variance: str = "beta") -> torch.Tensor:
+                  noise: torch.Tensor | None = None, variance: str = "beta", x0_mode: str = "none",
+                  percentile: float = 0.995) -> torch.Tensor:
         """x_{t−1} = 1/√α_t·(x_t − β_t/√(1 − ᾱ_t)·ε_θ) + σ_t z, with σ_t² = β_t or β̃_t.
 
         No noise is added where t == 0 (the last step returns the mean). ``noise=None``
-        draws z with ``torch.randn_like``.
+        draws z with ``torch.randn_like``. ``x0_mode`` (see :func:`adjust_x0`): with ``"clip"`` or
+        ``"dynamic"`` the implied x̂_0 = (x_t − √(1−ᾱ_t) ε_θ)/√ᾱ_t is adjusted first and ε_θ is
+        recomputed from it, ε = (x_t − √ᾱ_t x̂_0)/√(1−ᾱ_t); the mean is then μ̃(x̂_0, x_t).
+        The default ``"none"`` is the plain formula above.
         """
         if variance not in ("beta", "beta_tilde"):
             raise fail("variance", "'beta' (σ² = β_t) or 'beta_tilde' (σ² = β̃_t)", describe(variance))
         x = self._check(x_t, t, "x_t")
         eps = _check_like(eps_pred, x_t, "eps_pred", "x_t").to(x.dtype)
         z = torch.randn_like(x_t) if noise is None else _check_like(noise, x_t, "noise", "x_t")
+        _check_x0_mode(x0_mode, percentile)
         beta, ab, alpha = self._coef(self.betas, t, x), self._coef(self.alpha_bars, t, x), self._coef(self.alphas, t, x)
+        if x0_mode != "none":
+            x0_pred = adjust_x0((x - (1 - ab).sqrt() * eps) / ab.sqrt(), x0_mode, percentile)
+            eps = (x - ab.sqrt() * x0_pred) / (1 - ab).sqrt()
         mean = (x - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
         var = beta if variance == "beta" else self._coef(self.beta_tildes, t, x)
         nonzero = (t > 0).to(x.device, x.dtype).reshape(-1, *([1] * (x.dim() - 1)))  # no noise at t = 0
         return (mean + nonzero * var.sqrt() * z.to(x.dtype)).to(x_t.dtype)
 
     def ddim_step(self, x_t: torch.Tensor, t: torch.Tensor, t_prev, eps_pred: torch.Tensor,
-                  eta: float = 0.0, noise: torch.Tensor | None = None) -> torch.Tensor:
+                  eta: float = 0.0, noise: torch.Tensor | None = None, x0_mode: str = "none",
+                  percentile: float = 0.995) -> torch.Tensor:
         """Jump from t to any earlier t_prev (Song et al. 2021):
 
         x̂_0 = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t,
@@ -232,7 +280,10 @@ class Schedule:
 
         ``t_prev``: an int or a per-sample integer tensor, −1 ≤ t_prev < t; −1 is the final
         step to ᾱ = 1 (returns x̂_0). η = 0 is deterministic; η = 1 over all steps is DDPM with β̃.
+        ``x0_mode`` (see :func:`adjust_x0`): ``"clip"``/``"dynamic"`` adjust x̂_0 and recompute
+        ε = (x_t − √ᾱ_t x̂_0)/√(1−ᾱ_t) before the update; ``"none"`` (default) is the formula above.
         """
+        _check_x0_mode(x0_mode, percentile)
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0:
             raise fail("eta", "a float ≥ 0 (0 = deterministic DDIM, 1 = DDPM-like noise)", describe(eta))
         x = self._check(x_t, t, "x_t")
@@ -250,6 +301,9 @@ class Schedule:
         ab = self._coef(self.alpha_bars, t, x)
         ab_prev = self._coef(torch.cat([self.alpha_bars.new_ones(1), self.alpha_bars]), t_prev + 1, x)
         x0_pred = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+        if x0_mode != "none":
+            x0_pred = adjust_x0(x0_pred, x0_mode, percentile)
+            eps = (x - ab.sqrt() * x0_pred) / (1 - ab).sqrt()
         sigma = eta * ((1 - ab_prev) / (1 - ab)).sqrt() * (1 - ab / ab_prev).sqrt()
         out = ab_prev.sqrt() * x0_pred + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
         if eta > 0:

@@ -139,14 +139,17 @@ def _image_shape(model, image_shape) -> tuple[int, int, int]:
 
 def guidance_explorer(model, schedule, classes: Sequence[str], *, ws: Sequence[float] | None = None,
                       n_per_class: int = 4, sampler: str = "ddim", steps: int = 50, seed: int = 0, device=None,
-                      image_shape: tuple[int, int, int] | None = None, progress: bool = True) -> GuidanceExplorer:
+                      image_shape: tuple[int, int, int] | None = None, progress: bool = True,
+                      x0_mode: str = "clip") -> GuidanceExplorer:
     """Sample ``n_per_class`` images per class at every w in ``ws`` (default −2, −1.5, …, 10) in ONE
     batched CFG run: the batch stacks len(ws) × len(classes) × n_per_class samples, each with its own
     w (``guided_eps_fn`` with a per-sample w), and every w starts from the same x_T (``seed``).
 
     ``model(x, t, c, c_mask)`` is a context-conditioned ε-model (put it in eval mode) whose context is
     ``one_hot(class index, len(classes))``; ``sampler``: "ddim" (``steps`` steps, η = 0) or "ddpm".
-    ``image_shape`` (C, H, W) defaults to the model's config. Returns a :class:`GuidanceExplorer`.
+    ``image_shape`` (C, H, W) defaults to the model's config; ``x0_mode`` is the samplers' (x̂_0
+    clipped to [−1, 1] by default; "dynamic" for Imagen's thresholding, "none" for the plain
+    formula, where large w saturates). Returns a :class:`GuidanceExplorer`.
     """
     from dlcourse.sampling import ddim_sample, ddpm_sample
 
@@ -171,8 +174,9 @@ def guidance_explorer(model, schedule, classes: Sequence[str], *, ws: Sequence[f
     w = torch.tensor(ws).repeat_interleave(per_w).to(device)
     eps_fn = guided_eps_fn(model, c, w)
     if sampler == "ddim":
-        x0 = ddim_sample(eps_fn, schedule, x_T.shape, steps=steps, x_T=x_T, progress=progress)
+        x0 = ddim_sample(eps_fn, schedule, x_T.shape, steps=steps, x_T=x_T, progress=progress, x0_mode=x0_mode)
     else:
-        x0 = ddpm_sample(eps_fn, schedule, x_T.shape, x_T=x_T, generator=generator, progress=progress)
+        x0 = ddpm_sample(eps_fn, schedule, x_T.shape, x_T=x_T, generator=generator, progress=progress,
+                         x0_mode=x0_mode)
     x0 = x0.detach().float().cpu().reshape(len(ws), n_classes, n_per_class, *shape)
     return GuidanceExplorer({w_: x0[i] for i, w_ in enumerate(ws)}, classes)

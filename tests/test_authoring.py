@@ -238,6 +238,6 @@ def test_cli_table_dispatches_every_command(capsys):
         assert callable(cli._resolve(target))
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
-    assert "torch" in out and "device" in out and "mode" in out
+    assert "torch" in out and "device" in out and "budget       quick" in out
     with pytest.raises(SystemExit):
         cli.main(["no-such-command"])

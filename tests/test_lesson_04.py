@@ -17,8 +17,8 @@ def test_budget_has_the_keys_the_notebook_reads_and_quick_is_smaller():
                 "sampling_steps", "explorer_per_class", "timing_repeats"):
         assert key in sizes, key
     for key in ("n_images", "train_steps", "n_samples", "n_test", "sampling_steps", "T"):
-        full, quick = sizes[key]
-        assert quick <= full, key
+        full, cpu, quick = sizes[key]
+        assert quick <= cpu <= full, key
     # diversity needs two samples of a class: the sweep draws n_samples balanced over 5 classes
     assert min(sizes["n_samples"]) >= 10
     # DDIM needs steps <= T, and the U-Net halves the image once per level

@@ -85,7 +85,7 @@ def test_ddpm_beta_tilde_samples_the_gaussian():
     schedule = Schedule(linear_betas(1000), dtype=torch.float64)
     n = 20_000
     x = ddpm_sample(gaussian_oracle(schedule), schedule, (n, 1), variance="beta_tilde",
-                    generator=torch.Generator().manual_seed(1), progress=False)
+                    generator=torch.Generator().manual_seed(1), progress=False, x0_mode="none")
     mean, var = exact_output_law(schedule, [(t, t - 1) for t in range(999, -1, -1)], "ddpm", "beta_tilde")
     assert abs(math.sqrt(var) - S) < 0.01 * S  # 1000 small steps: the sampler's law is N(μ, s²) to 1 %
     assert abs(mean - MU) < 1e-3
@@ -99,7 +99,7 @@ def test_ddim_50_steps_samples_the_gaussian():
     schedule = Schedule(linear_betas(1000), dtype=torch.float64)
     n = 20_000
     x = ddim_sample(gaussian_oracle(schedule), schedule, (n, 1), steps=50,
-                    generator=torch.Generator().manual_seed(2), progress=False)
+                    generator=torch.Generator().manual_seed(2), progress=False, x0_mode="none")
     ts = ddim_timesteps(1000, 50)
     mean, var = exact_output_law(schedule, list(zip(ts, ts[1:] + [-1])), "ddim")
     assert abs(mean - MU) < 1e-3 and 0.9 * S < math.sqrt(var) < S

@@ -325,3 +325,63 @@ def test_check_ddpm_step_passes_a_correct_solution():
     assert check_ddpm_step(_ddpm_step_for(schedule), schedule).passed
     with pytest.raises(ValueError, match="schedule: expected the dlcourse.schedules.Schedule"):
         check_ddpm_step(_ddpm_step_for(schedule), "schedule")
+
+
+# --- what the samplers do with x̂_0 ---------------------------------------------------------------
+def test_dynamic_threshold_matches_imagen_formula():
+    from dlcourse.schedules import dynamic_threshold
+
+    x0 = torch.tensor([[0.2, -0.5, 0.9, 0.1],      # inside [−1, 1]: s = 1, unchanged
+                       [3.0, -1.5, 0.5, 0.25]])    # saturated: s = quantile(|x|) > 1
+    out = dynamic_threshold(x0, percentile=0.75)
+    assert torch.equal(out[0], x0[0])
+    s = torch.quantile(x0[1].abs(), 0.75)  # 1.875 by linear interpolation
+    assert s == pytest.approx(1.875)
+    assert torch.allclose(out[1], x0[1].clamp(-s, s) / s)
+    assert out.abs().max() <= 1
+
+
+def test_adjust_x0_modes_and_errors():
+    from dlcourse.schedules import adjust_x0
+
+    x0 = torch.tensor([[2.0, -3.0, 0.5]])
+    assert torch.equal(adjust_x0(x0), x0)
+    assert torch.equal(adjust_x0(x0, "clip"), torch.tensor([[1.0, -1.0, 0.5]]))
+    with pytest.raises(ValueError, match="x0_mode: expected 'none'"):
+        adjust_x0(x0, "clamp")
+    with pytest.raises(ValueError, match="percentile: expected a quantile"):
+        adjust_x0(x0, "dynamic", percentile=99.5)
+
+
+@pytest.mark.parametrize("x0_mode", ["clip", "dynamic"])
+def test_ddpm_step_with_adjusted_x0_is_the_posterior_mean_of_that_x0(sched, x0_mode):
+    """μ̃(adjust(x̂_0), x_t) plus σ_t z: the ε used for the step is recomputed from the adjusted x̂_0."""
+    from dlcourse.schedules import adjust_x0
+
+    g = torch.Generator().manual_seed(3)
+    n, t = 4, 7
+    xt = 3 * torch.randn(n, 3, 2, 2, generator=g, dtype=torch.float64)
+    eps = torch.randn(n, 3, 2, 2, generator=g, dtype=torch.float64)
+    z = torch.randn(n, 3, 2, 2, generator=g, dtype=torch.float64)
+    tt = full(t, n)
+    x0_hat = adjust_x0(sched.predict_x0(xt, tt, eps), x0_mode)
+    assert not torch.allclose(x0_hat, sched.predict_x0(xt, tt, eps))  # the adjustment did something
+    mean, var = sched.posterior_mean_variance(x0_hat, xt, tt)
+    out = sched.ddpm_step(xt, tt, eps, noise=z, variance="beta_tilde", x0_mode=x0_mode)
+    assert torch.allclose(out, mean + var.sqrt() * z, atol=1e-10)
+    assert torch.equal(sched.ddpm_step(xt, tt, eps, noise=z), sched.ddpm_step(xt, tt, eps, noise=z, x0_mode="none"))
+
+
+def test_ddim_step_with_clipping_lands_inside_the_data_range_at_the_end(sched):
+    g = torch.Generator().manual_seed(4)
+    xt = 4 * torch.randn(5, 3, 2, 2, generator=g, dtype=torch.float64)
+    eps = torch.randn(5, 3, 2, 2, generator=g, dtype=torch.float64)
+    tt = full(9, 5)
+    plain = sched.ddim_step(xt, tt, -1, eps)
+    clipped = sched.ddim_step(xt, tt, -1, eps, x0_mode="clip")
+    assert plain.abs().max() > 1 and torch.equal(clipped, plain.clamp(-1, 1))
+    # a step to t_prev ≥ 0 with the recomputed ε: x_prev = √ᾱ_prev x̂_0 + √(1 − ᾱ_prev) ε'
+    x0_hat = sched.predict_x0(xt, tt, eps).clamp(-1, 1)
+    eps_new = sched.predict_eps(xt, tt, x0_hat)
+    assert torch.allclose(sched.ddim_step(xt, tt, 3, eps, x0_mode="clip"), sched.q_sample(x0_hat, full(3, 5), eps_new),
+                          atol=1e-10)

@@ -91,9 +91,16 @@ def test_bad_arguments():
 
 
 def test_each_weight_gets_its_own_guidance(explorer_and_model):
-    """With the exact ε of one-colour-per-class data, CFG with weight w lands on (1 + w)·x*_class."""
+    """With the exact ε of one-colour-per-class data, CFG with weight w lands on (1 + w)·x*_class;
+    the default sampler clips that x̂_0 to [−1, 1], the plain formula (x0_mode="none") does not."""
     explorer, model = explorer_and_model
+    plain = guidance_explorer(model, Schedule(scaled_linear_betas(20)), CLASSES, n_per_class=2, steps=5,
+                              image_shape=(3, 4, 4), progress=False, x0_mode="none")
     x_star = 0.5 * torch.tanh(model.colour.detach())  # (class, channel)
+    saturated = 0
     for w in (-2.0, -1.0, 0.0, 0.5, 3.0, 10.0):
         expected = ((1 + w) * x_star)[:, None, :, None, None].expand(3, 2, 3, 4, 4)
-        assert torch.allclose(explorer.images[w], expected, atol=1e-4), w
+        assert torch.allclose(plain.images[w], expected, atol=1e-4), w
+        assert torch.allclose(explorer.images[w], expected.clamp(-1, 1), atol=1e-4), w
+        saturated += int((expected.abs() > 1).any())
+    assert saturated >= 2  # the clipping really was exercised
