@@ -175,7 +175,7 @@ def test_unet_shapes(cls, image_channels, image_size, channels):
 
 @pytest.mark.parametrize("switches", [
     dict(norm="batch"), dict(activation="relu"), dict(pool="max"), dict(time_embedding="mlp"),
-    dict(residual=False), dict(upsample="nearest"),
+    dict(residual=False), dict(upsample="transpose"),
 ])
 def test_unet_switches(switches):
     model = UNet(image_channels=1, channels=TINY, image_size=16, T=50, **switches)
@@ -285,7 +285,7 @@ def test_config_includes_defaults_and_rebuilds():
     assert model.config == {
         "name": "unet", "image_channels": 3, "channels": [8, 16], "image_size": 16, "T": 1000, "norm": "group",
         "activation": "gelu", "pool": "rearrange", "time_embedding": "sinusoidal", "residual": True,
-        "upsample": "transpose",
+        "upsample": "nearest",
     }
     assert TimeUNet(channels=TINY, image_size=16).config["name"] == "time_unet"  # subclass keeps its own name
     rebuilt = build(model.config)
@@ -346,3 +346,12 @@ def test_register_requires_json_arguments(monkeypatch):
         Linear(shape={2, 3})
     with pytest.raises(ValueError, match="model: expected a module of a registered architecture"):
         save_model(torch.nn.Linear(2, 3), "unused")
+
+
+def test_optimised_defaults_are_lesson_03s_switches():
+    """UNet and ConditionalUNet default to every lesson-03 optimisation, nearest upsampling included."""
+    from dlcourse.benchmark import OPTIMISED
+
+    for cls in (UNet, ConditionalUNet):
+        config = cls(channels=TINY, image_size=16, T=50).config
+        assert {k: config[k] for k in OPTIMISED} == OPTIMISED, cls.__name__

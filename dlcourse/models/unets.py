@@ -132,7 +132,7 @@ class UNet(_UNetSkeleton):
 
     def __init__(self, image_channels: int = 3, channels=(64, 128, 256), image_size: int = 32, T: int = 1000,
                  norm: str = "group", activation: str = "gelu", pool: str = "rearrange",
-                 time_embedding: str = "sinusoidal", residual: bool = True, upsample: str = "transpose"):
+                 time_embedding: str = "sinusoidal", residual: bool = True, upsample: str = "nearest"):
         super().__init__(image_channels, channels, image_size, norm=norm, activation=activation, pool=pool,
                          residual=residual, upsample=upsample)
         self.T = check_positive_int(T, "T")
@@ -193,7 +193,7 @@ class ConditionalUNet(UNet):
 
     def __init__(self, image_channels: int = 3, channels=(64, 128, 256), image_size: int = 32, T: int = 1000,
                  context_dim: int = 5, norm: str = "group", activation: str = "gelu", pool: str = "rearrange",
-                 time_embedding: str = "sinusoidal", residual: bool = True, upsample: str = "transpose"):
+                 time_embedding: str = "sinusoidal", residual: bool = True, upsample: str = "nearest"):
         super().__init__(image_channels, channels, image_size, T, norm=norm, activation=activation, pool=pool,
                          time_embedding=time_embedding, residual=residual, upsample=upsample)
         self.context_dim = check_positive_int(context_dim, "context_dim")
