@@ -355,3 +355,21 @@ def test_optimised_defaults_are_lesson_03s_switches():
     for cls in (UNet, ConditionalUNet):
         config = cls(channels=TINY, image_size=16, T=50).config
         assert {k: config[k] for k in OPTIMISED} == OPTIMISED, cls.__name__
+
+
+def test_conditional_unet_conditions_the_encoder_by_default():
+    torch.manual_seed(0)
+    model = ConditionalUNet(channels=TINY, image_size=16, T=50, context_dim=5).eval()
+    plain = ConditionalUNet(channels=TINY, image_size=16, T=50, context_dim=5, condition_encoder=False)
+    assert model.config["condition_encoder"] is True and plain.config["condition_encoder"] is False
+    extra = count_parameters(model) - count_parameters(plain)
+    assert len(model.encoder_context_mlps) == len(model.encoder_time_mlps) == len(TINY) and extra > 0
+    # the encoder modulation is used: perturbing one encoder context MLP changes the output
+    x, t, c = torch.randn(2, 3, 16, 16), torch.tensor([3, 40]), torch.eye(5)[:2]
+    with torch.no_grad():
+        before = model(x, t, c)
+        for p in model.encoder_context_mlps[0].parameters():
+            p.add_(0.5)
+        assert not torch.allclose(before, model(x, t, c))
+    with pytest.raises(ValueError, match="condition_encoder: expected True or False"):
+        ConditionalUNet(channels=TINY, image_size=16, condition_encoder="yes")
