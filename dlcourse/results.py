@@ -53,7 +53,7 @@ def run_notebook(path: Path, budget: str, cwd: Path, timeout: int = 1800):
     nb = nbformat.read(path, as_version=4)
     previous = {k: os.environ.get(k) for k in ("DLCOURSE_BUDGET", "MPLBACKEND")}
     os.environ["DLCOURSE_BUDGET"] = budget
-    os.environ["MPLBACKEND"] = "Agg"
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures become PNG outputs
     try:
         start = time.perf_counter()
         NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
@@ -99,7 +99,8 @@ def _text(output) -> str:
         return output.get("text", "")
     if output.get("output_type") in ("execute_result", "display_data"):
         data = output.get("data", {})
-        if "image/png" not in data and "text/plain" in data:
+        shown_otherwise = {"image/png", "application/vnd.jupyter.widget-view+json"}  # pictures, progress bars
+        if "text/plain" in data and not shown_otherwise & set(data):
             return data["text/plain"] + "\n"
     return ""
 
@@ -172,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lessons", nargs="+", default=list(LESSONS), metavar="LESSON",
                         help=f"which solution notebooks (default: {' '.join(LESSONS)})")
     parser.add_argument("--out", default=str(ROOT / "docs"), help="folder for results.md and results/ (default docs/)")
+    parser.add_argument("--page-only", action="store_true",
+                        help="run nothing: rebuild results.md from the lessons' saved fragments")
     parser.add_argument("--update-references", action="store_true",
                         help="copy the reference models the notebooks saved into dlcourse/weights/reference/")
     args = parser.parse_args(argv)
@@ -186,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = out / "results"
     from dlcourse.files import write_atomically
 
-    for lesson, path in paths.items():
+    for lesson, path in ({} if args.page_only else paths).items():
         print(f"running {lesson} at the {args.budget} budget …", flush=True)
         nb, seconds = run_notebook(path, args.budget, cwd=solutions)
         for old in figures.glob(f"{lesson}_*.png"):

@@ -38,6 +38,8 @@ def _executed_notebook() -> nbformat.NotebookNode:
         nbformat.v4.new_output("stream", name="stdout", text="\x1b[1mFID 6.8\x1b[0m\n"),
         nbformat.v4.new_output("display_data", data={"image/png": base64.b64encode(big).decode(), "text/plain": "<Figure>"}),
     ]
+    nb.cells[1].outputs.insert(0, nbformat.v4.new_output("display_data", data={
+        "application/vnd.jupyter.widget-view+json": {"model_id": "x"}, "text/plain": "drawing: 100%|####|"}))
     nb.cells[2].outputs = [nbformat.v4.new_output("stream", name="stdout", text="hidden\n")]
     nb.cells[4].outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "   w  accuracy\n0  1  0.81"},
                                                   execution_count=1)]
@@ -49,7 +51,8 @@ def test_harvest_keeps_tagged_cells_text_and_small_pngs(tmp_path):
     page = "\n".join(lines)
     assert "### 2 · Samples" in page and "### The table" in page
     assert "FID 6.8" in page and "\x1b" not in page  # colour codes stripped
-    assert "hidden" not in page and "<Figure>" not in page  # untagged cells and figure reprs left out
+    assert "hidden" not in page and "<Figure>" not in page and "drawing" not in page  # untagged cells,
+    # figure reprs and progress-bar widgets are left out
     assert "0  1  0.81" in page
     pngs = sorted(tmp_path.glob("*.png"))
     assert [p.name for p in pngs] == ["02_ddpm_01.png"] and "(results/02_ddpm_01.png)" in page
