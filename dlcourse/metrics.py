@@ -88,6 +88,9 @@ def _check_range(x: torch.Tensor, name: str) -> None:
     if lo < -1 - _RANGE_SLACK or hi > 1 + _RANGE_SLACK:
         raise fail(name, "images in [-1, 1] (from [0, 1] use x * 2 - 1; from 0..255 use x / 127.5 - 1)",
                    f"values in [{lo:.3g}, {hi:.3g}] ({describe(x)})")
+    if lo >= 0:  # natural images in [-1, 1] always have some dark or unsaturated channel below 0
+        raise fail(name, "images in [-1, 1]: these have no negative value, as images in [0, 1] do "
+                   "(convert with x * 2 - 1)", f"values in [{lo:.3g}, {hi:.3g}] ({describe(x)})")
 
 
 class Evaluator:
