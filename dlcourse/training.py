@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .device import get_device
-from .validation import check_int, check_positive_int, check_real, check_seed, describe, fail
+from .device import check_device, get_device
+from .validation import check_int, check_positive_int, check_real, check_seed, describe, fail, is_int, is_real
 
 __all__ = ["History", "EMA", "train", "save_checkpoint", "load_checkpoint", "checkpoint_exists"]
 
@@ -153,7 +153,7 @@ def _encode(obj, tensors: dict, path: str):
         return {"__tensor__": path}
     if isinstance(obj, dict):
         for k in obj:
-            if not isinstance(k, (str, int)) or isinstance(k, bool):
+            if not (isinstance(k, str) or is_int(k)):
                 raise fail("state", "dict keys that are str or int", describe(k))
         return {"__dict__": [[k, _encode(v, tensors, f"{path}.{k}")] for k, v in obj.items()]}
     if isinstance(obj, tuple):
@@ -393,37 +393,32 @@ def _check_state(folder: Path, state) -> tuple[int, History]:
     if missing:
         raise _bad(folder, "state.json with all its fields", f"no {sorted(missing)}")
     step = state["step"]
-    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= _MAX_STEP:
+    if not is_int(step, 0) or step > _MAX_STEP:
         raise _bad(folder, f"a step that is an int in [0, {_MAX_STEP}]", describe(step))
     h = state["history"]
     ok = (isinstance(h, dict) and isinstance(h.get("steps"), list) and isinstance(h.get("losses"), list)
           and len(h["steps"]) == len(h["losses"]) and isinstance(h.get("extra", {}), dict)
-          and all(not isinstance(s, bool) and isinstance(s, int) and 1 <= s <= step for s in h["steps"])
+          and all(is_int(s, 1) and s <= step for s in h["steps"])
           and all(b > a for a, b in zip(h["steps"], h["steps"][1:]))
-          and all(not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) for v in h["losses"])
-          and not isinstance(h.get("seconds", 0.0), bool) and isinstance(h.get("seconds", 0.0), (int, float))
-          and math.isfinite(h.get("seconds", 0.0)) and h.get("seconds", 0.0) >= 0)
+          and all(isinstance(v, (int, float)) and is_real(v) for v in h["losses"])
+          and isinstance(h.get("seconds", 0.0), (int, float)) and is_real(h.get("seconds", 0.0))
+          and h.get("seconds", 0.0) >= 0)
     if not ok:
         raise _bad(folder, "a history with increasing int steps <= step, as many finite losses, seconds >= 0",
                    "another history")
     shapes = state["param_shapes"]
     if not isinstance(shapes, dict) or not all(
-            isinstance(v, list) and all(not isinstance(d, bool) and isinstance(d, int) and d >= 0 for d in v)
+            isinstance(v, list) and all(is_int(d, 0) for d in v)
             for v in shapes.values()):
         raise _bad(folder, "param_shapes mapping names to lists of sizes", describe(shapes))
     e = state["ema"]
     if e is not None and not (isinstance(e, dict) and isinstance(e.get("warmup"), bool)
-                              and _is_real(e.get("decay")) and 0 < e["decay"] < 1
-                              and not isinstance(e.get("num_updates"), bool)
-                              and isinstance(e.get("num_updates"), int) and e["num_updates"] >= 0):
+                              and isinstance(e.get("decay"), float) and 0 < e["decay"] < 1
+                              and is_int(e.get("num_updates"), 0)):
         raise _bad(folder, "ema settings {decay in (0, 1), warmup, num_updates >= 0} or null", describe(e))
     if not isinstance(state["config"], dict):
         raise _bad(folder, "config holding a JSON object", describe(state["config"]))
     return step, History.from_dict(h)
-
-
-def _is_real(v) -> bool:
-    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def _check_tensors(folder: Path, name: str, tensors: dict, shapes: dict) -> None:
@@ -772,7 +767,7 @@ def _train(model, loss_fn, data, steps, batch_size, lr, device, ema_decay, check
     """The loop of :func:`train`, after its arguments were checked (and the checkpoint locked)."""
     from tqdm.auto import tqdm
 
-    device = torch.device(device) if device is not None else get_device()
+    device = check_device(device) if device is not None else get_device()
     model.to(device)
     if amp_dtype is not None and device.type != "cuda":
         print(f"note: amp_dtype={amp_dtype} ignored on {device.type} (mixed precision runs on CUDA only)")

@@ -90,10 +90,21 @@ def check_real(v, name: str, *, low: float | None = None, high: float | None = N
     return float(value)
 
 
+def is_int(v, low: int | None = None) -> bool:
+    """True for an integer (Python or numpy, not a bool) that is >= ``low`` when given."""
+    ok = isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+    return ok and (low is None or v >= low)
+
+
+def is_real(v) -> bool:
+    """True for a finite real number (int, float, numpy scalar or one-element tensor; not a bool)."""
+    value = _real_value(v)
+    return value is not None and math.isfinite(value)
+
+
 def check_int(v, name: str, *, low: int | None = None, expected: str | None = None) -> int:
     """An integer (Python or numpy, not bool) >= ``low``, as a Python int."""
-    ok = isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-    if not ok or (low is not None and v < low):
+    if not is_int(v, low):
         raise fail(name, expected or ("an int" if low is None else f"an int >= {low}"), describe(v))
     return int(v)
 

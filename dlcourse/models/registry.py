@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dlcourse.files import write_atomically
-from dlcourse.validation import describe, fail
+from dlcourse.validation import describe, fail, is_int
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -200,9 +200,9 @@ def _read_header(path: Path) -> dict[str, tuple[str, list[int]]]:
         if key == "__metadata__":
             continue
         ok = (isinstance(entry, dict) and entry.get("dtype") in sizes and isinstance(entry.get("shape"), list)
-              and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in entry["shape"])
+              and all(is_int(d, 0) for d in entry["shape"])
               and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
-              and all(isinstance(o, int) and not isinstance(o, bool) for o in entry["data_offsets"]))
+              and all(is_int(o) for o in entry["data_offsets"]))
         if not ok:
             raise fail(f"{path}: {key[:80]!r}", f"a tensor entry of a dtype in {sorted(sizes)} with a shape and "
                        "offsets", str(entry)[:_ECHO])
