@@ -19,6 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "authoring": ("write notebooks/ from solutions/ (--check: verify, --strip: strip outputs)", "dlcourse.authoring:main"),
     "info": ("print versions, the device and the budget (quick/cpu/full)", "dlcourse.cli:info"),
     "train-evaluator": ("retrain the evaluator classifier of dlcourse.metrics (FID, accuracy)", "dlcourse.evaluator_training:main"),
+    "results": ("run the solution notebooks at a budget and write docs/results.md with their pictures",
+                "dlcourse.results:main"),
     "benchmark": ("time training steps and sampling of the lesson-03 models (table + JSON)", "dlcourse.benchmark:main"),
 }
 
