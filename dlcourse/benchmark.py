@@ -28,6 +28,7 @@ from torch import nn
 
 from .cli import Parser, reports_errors
 from .device import check_device, get_device
+from .files import is_writable_dir
 from .models import count_parameters
 from .validation import check_positive_int, describe, fail
 
@@ -276,16 +277,9 @@ def format_table(results: list[dict], device: torch.device) -> str:
 
 def _check_out(path: str) -> Path:
     """The JSON file to write, checked before any work: its folder must be creatable and writable."""
-    import tempfile
-
     out = Path(path)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=out.parent):
-            pass
-    except OSError as error:
-        raise fail("--out", "a file in a folder you can write to (e.g. runs/benchmark.json)",
-                   f"{path!r} ({error.strerror})") from None
+    if not is_writable_dir(out.parent):
+        raise fail("--out", "a file in a folder you can write to (e.g. runs/benchmark.json)", repr(path))
     if out.is_dir():
         raise fail("--out", "a file name, not a folder (e.g. runs/benchmark.json)", repr(path))
     return out

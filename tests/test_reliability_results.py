@@ -67,13 +67,13 @@ def test_a_cache_with_the_right_fingerprint_but_wrong_arrays_is_rebuilt(tmp_path
 
 def test_a_read_only_folder_holding_a_valid_cache_is_used(tmp_path, monkeypatch):
     first = load_flowers("test", n=6, cache_dir=tmp_path, progress=False)
-    monkeypatch.setattr(cache, "_writable", lambda folder: False)  # root ignores chmod: pretend instead
+    monkeypatch.setattr(cache, "is_writable_dir", lambda folder: False)  # root ignores chmod: pretend instead
     monkeypatch.setattr("dlcourse.data.generate", lambda *a, **k: pytest.fail("the cache should be used"))
     assert torch.equal(load_flowers("test", n=6, cache_dir=tmp_path, progress=False).images, first.images)
 
 
 def test_an_unwritable_cache_dir_without_a_cache_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(cache, "_writable", lambda folder: False)
+    monkeypatch.setattr(cache, "is_writable_dir", lambda folder: False)
     with pytest.raises(ValueError, match="cache_dir: expected a folder this user can write to"):
         load_flowers("test", n=6, cache_dir=tmp_path, progress=False)
 
@@ -81,7 +81,7 @@ def test_an_unwritable_cache_dir_without_a_cache_is_a_clear_error(tmp_path, monk
 def test_no_writable_default_folder_draws_in_memory_with_a_note(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cache, "REPO_CACHE", tmp_path / "repo")
     monkeypatch.setattr(cache, "USER_CACHE", tmp_path / "home" / ".cache")
-    monkeypatch.setattr(cache, "_writable", lambda folder: False)  # a read-only checkout and home
+    monkeypatch.setattr(cache, "is_writable_dir", lambda folder: False)  # a read-only checkout and home
     ds = load_flowers("test", n=4, image_size=16, progress=False)
     assert ds.images.shape == (4, 3, 16, 16)
     assert "cannot write a cache" in capsys.readouterr().out

@@ -10,25 +10,15 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from ..files import write_atomically
+from ..files import is_writable_dir, write_atomically
 from ..validation import describe, fail
 
 REPO_CACHE = Path(__file__).resolve().parents[2] / "data" / "cache"
 USER_CACHE = Path.home() / ".cache" / "dlcourse"
-
-
-def _writable(folder: Path) -> bool:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            return True
-    except OSError:
-        return False
 
 
 def _check_cache_dir(cache_dir) -> Path:
@@ -44,7 +34,7 @@ def candidate_dirs(cache_dir=None) -> list[Path]:
 
 def writable_dir(folders: list[Path]) -> Path | None:
     """The first of ``folders`` this user can write to (created if needed), or None."""
-    return next((folder for folder in folders if _writable(folder)), None)
+    return next((folder for folder in folders if is_writable_dir(folder)), None)
 
 
 def fingerprint(params: dict) -> str:
