@@ -30,7 +30,7 @@ from .cli import Parser, reports_errors
 from .device import check_device, get_device
 from .files import is_writable_dir
 from .models import count_parameters
-from .validation import check_positive_int, describe, fail
+from .validation import check_choice, check_positive_int, describe, fail
 
 __all__ = ["Row", "Settings", "ROWS", "MEASURES", "LESSON02", "OPTIMISED", "time_train_step", "time_sampling",
            "measure_guided_sampling", "run_rows", "format_table", "main"]
@@ -80,8 +80,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _check_amp(amp_dtype, device: torch.device):
-    if amp_dtype not in (None, torch.bfloat16, torch.float16):
-        raise fail("amp_dtype", "None, torch.bfloat16 or torch.float16", describe(amp_dtype))
+    check_choice(amp_dtype, "amp_dtype", (None, torch.bfloat16, torch.float16))
     return amp_dtype if device.type == "cuda" else None
 
 
@@ -138,8 +137,7 @@ def time_sampling(eps_fn: Callable, schedule, shape, *, sampler: str = "ddim", s
     """
     from .sampling import ddim_sample, ddpm_sample
 
-    if sampler not in ("ddpm", "ddim"):
-        raise fail("sampler", "'ddpm' or 'ddim'", describe(sampler))
+    check_choice(sampler, "sampler", ("ddpm", "ddim"))
     device = torch.device(device) if device is not None else get_device()
     g = torch.Generator(device=device).manual_seed(seed)
     _sync(device)

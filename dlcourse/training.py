@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .device import check_device, get_device
-from .validation import check_int, check_positive_int, check_real, check_seed, describe, fail, is_int, is_real
+from .validation import check_choice, check_int, check_positive_int, check_real, check_seed, describe, fail, is_int, is_real
 
 __all__ = ["History", "EMA", "train", "save_checkpoint", "load_checkpoint", "checkpoint_exists"]
 
@@ -638,8 +638,7 @@ def _check_train_args(model, loss_fn, data, steps, batch_size, lr, weight_decay,
     if preview_every is not None and preview is None:
         raise fail("preview", "a function preview(model, step) when preview_every is set", "None")
     check_seed(seed)
-    if amp_dtype not in (None, torch.bfloat16, torch.float16):
-        raise fail("amp_dtype", "None, torch.bfloat16 or torch.float16", describe(amp_dtype))
+    check_choice(amp_dtype, "amp_dtype", (None, torch.bfloat16, torch.float16))
     if not any(p.requires_grad for p in model.parameters()):
         raise fail("model", "a model with trainable parameters", describe(model))
 

@@ -118,10 +118,11 @@ def check_seed(v, name: str = "seed") -> int:
 
 
 def check_choice(v, name: str, choices):
-    """One of ``choices`` (compared with ==); returned unchanged."""
-    choices = list(choices)
-    if not any(isinstance(v, type(c)) and v == c for c in choices):
-        raise fail(name, f"one of {choices}", describe(v))
+    """One of ``choices`` (same type and ==, so True is not 1); returned unchanged."""
+    shown = [repr(c) for c in choices]
+    if not any(type(v) is type(c) and v == c for c in choices):
+        listed = shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
+        raise fail(name, listed, describe(v))
     return v
 
 

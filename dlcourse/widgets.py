@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from dlcourse.guidance import guided_eps_fn, one_hot
-from dlcourse.validation import check_positive_int, check_real, describe, fail
+from dlcourse.validation import check_choice, check_positive_int, check_real, describe, fail
 
 __all__ = ["GuidanceExplorer", "guidance_explorer"]
 
@@ -160,8 +160,7 @@ def guidance_explorer(model, schedule, classes: Sequence[str], *, ws: Sequence[f
         raise fail("ws", "a non-empty list of distinct numbers (guidance weights w)", describe(ws))
     ws = sorted(ws)
     check_positive_int(n_per_class, "n_per_class")
-    if sampler not in ("ddim", "ddpm"):
-        raise fail("sampler", "'ddim' or 'ddpm'", describe(sampler))
+    check_choice(sampler, "sampler", ("ddim", "ddpm"))
     shape = _image_shape(model, image_shape)
     if device is None:
         first = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
