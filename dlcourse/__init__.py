@@ -7,34 +7,11 @@ first: the device, seeding, and the quick/full mode banner.
 """
 from __future__ import annotations
 
-import random
-
-import numpy as np
-import torch
-
 from .config import budget, is_quick, mode, mode_and_reason
+from .device import get_device, seed_everything
 
 __version__ = "0.1.0"
 __all__ = ["get_device", "seed_everything", "setup", "budget", "is_quick", "mode", "__version__"]
-
-
-def get_device() -> torch.device:
-    """Pick the best available device: cuda, then mps, then cpu."""
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def seed_everything(seed: int = 0) -> None:
-    """Seed Python, NumPy and PyTorch (all devices) for reproducible runs."""
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def banner() -> str:

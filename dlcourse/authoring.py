@@ -30,6 +30,7 @@ import argparse
 import ast
 import copy
 import hashlib
+import json
 import re
 import sys
 import textwrap
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import nbformat
 
+from .files import write_atomically
 from .validation import fail
 
 BEGIN = "# BEGIN SOLUTION"
@@ -57,6 +59,9 @@ _END_RE = re.compile(r"^\s*#\s*END SOLUTION\s*$")
 _HINT_RE = re.compile(r"^\s*#\s*HINT:")
 _DEF_RE = re.compile(r"^\s*(?:async\s+)?def\s+(\w+)\s*\(")
 _MD_MARKER_RE = re.compile(r"<!--\s*(BEGIN|END) SOLUTION\s*-->")
+# Anything a person might have meant as a marker, in any case and spelling: no student copy may hold one.
+_MARKER_LIKE_RE = re.compile(r"\b(begin|end)[\s_\-]*solutions?\b", re.IGNORECASE)
+_CELL_TYPES = ("code", "markdown", "raw")
 
 
 class AuthoringError(ValueError):
@@ -244,8 +249,31 @@ def normalise(nb) -> nbformat.NotebookNode:
     return nb
 
 
+def marker_lines(source: str) -> list[tuple[int, str]]:
+    """(1-based line, text) of each line of ``source`` that looks like a solution marker, in any case or spelling."""
+    return [(i + 1, line.strip()) for i, line in enumerate(source.split("\n")) if _MARKER_LIKE_RE.search(line)]
+
+
+def find_leaks(nb) -> list[str]:
+    """``"cell i (type), line j: text"`` for every marker-like line or ``solution-only`` tag left in ``nb``."""
+    found = []
+    for index, cell in enumerate(nb["cells"]):
+        source = cell.get("source", "")
+        source = "".join(source) if isinstance(source, list) else source
+        for line, text in marker_lines(source):
+            found.append(f"cell {index} ({cell.get('cell_type')}), line {line}: {text[:80]!r}")
+        if _is_solution_only(cell):
+            found.append(f"cell {index} ({cell.get('cell_type')}): tagged {SOLUTION_ONLY_TAG!r}")
+    return found
+
+
 def render_student(nb, name: str = "notebook") -> nbformat.NotebookNode:
-    """The student version of a solution notebook (normalised; ``name`` is used in errors)."""
+    """The student version of a solution notebook (normalised; ``name`` is used in errors).
+
+    Raises AuthoringError when the student version would still hold anything that looks
+    like a solution marker (a misspelt marker, or one in the wrong cell type): its region
+    would otherwise be handed out with the answer in it.
+    """
     nb = normalise(nb)
     cells = []
     for index, cell in enumerate(nb.cells):
@@ -256,6 +284,11 @@ def render_student(nb, name: str = "notebook") -> nbformat.NotebookNode:
             cell.source = render_code(cell.source, where)
         elif cell.cell_type == "markdown":
             cell.source = render_markdown(cell.source, where)
+        for line, text in marker_lines(cell.source):
+            raise AuthoringError(
+                f"{where} ({cell.cell_type}), line {line}: {text[:80]!r} looks like a solution marker but is not "
+                f"one: write exactly '{BEGIN}'/'{END}' on their own lines in a code cell, or "
+                f"'{MD_BEGIN}'/'{MD_END}' in a markdown cell")
         cells.append(cell)
     nb.cells = cells
     return nb
@@ -284,8 +317,34 @@ def pairs(root: str | Path) -> list[tuple[Path, Path]]:
     return found
 
 
-def _read(path: Path) -> nbformat.NotebookNode:
-    return nbformat.read(path, as_version=4)
+def _read(path: Path, root: Path) -> nbformat.NotebookNode:
+    """Read a master notebook, refusing (with its path) anything that is not a notebook."""
+    shown = path.relative_to(root)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise AuthoringError(f"{shown}: expected a notebook (JSON), got unreadable text: {str(error)[:120]}") from None
+    cells = data.get("cells") if isinstance(data, dict) else None
+    if not isinstance(cells, list):
+        raise AuthoringError(f"{shown}: expected a notebook (a JSON object with a 'cells' list), "
+                             f"got a JSON {type(data).__name__}")
+    for index, cell in enumerate(cells):
+        source = cell.get("source") if isinstance(cell, dict) else None
+        if not (isinstance(cell, dict) and cell.get("cell_type") in _CELL_TYPES
+                and (isinstance(source, str) or (isinstance(source, list) and all(isinstance(x, str) for x in source)))):
+            raise AuthoringError(f"{shown}: cell {index}: expected a cell with cell_type in {list(_CELL_TYPES)} "
+                                 "and a text source")
+    try:
+        return nbformat.reads(json.dumps(data), as_version=4)
+    except Exception as error:  # nbformat raises several types for malformed notebooks
+        raise AuthoringError(f"{shown}: expected a valid notebook, got: {str(error)[:120]}") from None
+
+
+def _check_root(root) -> Path:
+    root = Path(root)
+    if not (root / "solutions").is_dir():
+        raise fail("root", "a course folder containing solutions/", repr(str(root)))
+    return root
 
 
 def build_all(root: str | Path = ".", check: bool = False) -> list[str]:
@@ -295,14 +354,20 @@ def build_all(root: str | Path = ".", check: bool = False) -> list[str]:
     when checking, ``"stale: ..."``, ``"missing: ..."``, ``"extra: ..."`` (a
     notebook in notebooks/ without a solution) and ``"unstripped: ..."`` (a
     solution with outputs). An empty list means everything is in sync.
+    Every master is read and rendered before anything is written, so a bad
+    master leaves all student notebooks as they were; each file is written atomically.
     """
-    root = Path(root)
-    if not (root / "solutions").is_dir():
-        raise fail("root", "a course folder containing solutions/", str(root))
-    report: list[str] = []
+    root = _check_root(root)
+    rendered = []
     for solution_path, student_path in pairs(root):
-        solution = _read(solution_path)
+        solution = _read(solution_path, root)
         text = dumps(render_student(solution, name=str(solution_path.relative_to(root))))
+        leaks = find_leaks(json.loads(text))
+        if leaks:  # render_student refuses these already; this scans the very text that is written
+            raise AuthoringError(f"{student_path.relative_to(root)}: {leaks[0]} looks like a solution marker")
+        rendered.append((solution_path, solution, student_path, text))
+    report: list[str] = []
+    for solution_path, solution, student_path, text in rendered:
         shown = str(student_path.relative_to(root))
         if check:
             if has_outputs(solution):
@@ -312,10 +377,13 @@ def build_all(root: str | Path = ".", check: bool = False) -> list[str]:
             elif student_path.read_text(encoding="utf-8") != text:
                 report.append(f"stale: {shown}")
         elif not student_path.exists() or student_path.read_text(encoding="utf-8") != text:
-            student_path.parent.mkdir(parents=True, exist_ok=True)
-            student_path.write_text(text, encoding="utf-8")
+            _write_text(student_path, text)
             report.append(f"wrote: {shown}")
     return report + (extras(root) if check else [])
+
+
+def _write_text(path: Path, text: str) -> None:
+    write_atomically(path, lambda temp: Path(temp).write_text(text, encoding="utf-8"))
 
 
 def extras(root: str | Path = ".") -> list[str]:
@@ -330,13 +398,16 @@ def extras(root: str | Path = ".") -> list[str]:
 
 
 def strip_all(root: str | Path = ".") -> list[str]:
-    """Strip outputs and normalise metadata of every solution notebook in place; return the changed paths."""
-    root = Path(root)
+    """Strip outputs and normalise metadata of every solution notebook in place; return the changed paths.
+
+    All masters are read first (a bad one changes nothing); each is rewritten atomically.
+    """
+    root = _check_root(root)
+    stripped = [(path, dumps(normalise(_read(path, root)))) for path, _ in pairs(root)]
     changed = []
-    for solution_path, _ in pairs(root):
-        text = dumps(normalise(_read(solution_path)))
+    for solution_path, text in stripped:
         if solution_path.read_text(encoding="utf-8") != text:
-            solution_path.write_text(text, encoding="utf-8")
+            _write_text(solution_path, text)
             changed.append(str(solution_path.relative_to(root)))
     return changed
 
@@ -352,6 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--strip", action="store_true", help="strip outputs from the solution notebooks in place")
     parser.add_argument("--root", default=".", help="course folder (default: the current directory)")
     args = parser.parse_args(argv)
+    if not (Path(args.root) / "solutions").is_dir():
+        print(f"error: --root: expected a course folder containing solutions/, got {args.root!r} "
+              "(run from the course folder or pass --root PATH)", file=sys.stderr)
+        return 2
     try:
         if args.strip:
             changed = strip_all(args.root)

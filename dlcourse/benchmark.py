@@ -15,7 +15,6 @@ they say little about a GPU.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -27,8 +26,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cli import Parser, reports_errors
+from .device import check_device, get_device
+from .files import is_writable_dir
 from .models import count_parameters
-from .validation import check_positive_int, describe, fail
+from .validation import check_choice, check_positive_int, describe, fail
 
 __all__ = ["Row", "Settings", "ROWS", "MEASURES", "LESSON02", "OPTIMISED", "time_train_step", "time_sampling",
            "measure_guided_sampling", "run_rows", "format_table", "main"]
@@ -78,8 +80,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _check_amp(amp_dtype, device: torch.device):
-    if amp_dtype not in (None, torch.bfloat16, torch.float16):
-        raise fail("amp_dtype", "None, torch.bfloat16 or torch.float16", describe(amp_dtype))
+    check_choice(amp_dtype, "amp_dtype", (None, torch.bfloat16, torch.float16))
     return amp_dtype if device.type == "cuda" else None
 
 
@@ -93,8 +94,6 @@ def time_train_step(model: nn.Module, *, batch_size: int, device=None, channels_
     Returns {"seconds_per_step", "peak_memory_mib" (None off CUDA), "device", "channels_last", "amp"}.
     The model is trained by these steps: pass a throwaway copy.
     """
-    from . import get_device
-
     check_positive_int(batch_size, "batch_size")
     check_positive_int(timed_steps, "timed_steps")
     device = torch.device(device) if device is not None else get_device()
@@ -136,11 +135,9 @@ def time_sampling(eps_fn: Callable, schedule, shape, *, sampler: str = "ddim", s
 
     Returns {"seconds", "network_calls", "device"}.
     """
-    from . import get_device
     from .sampling import ddim_sample, ddpm_sample
 
-    if sampler not in ("ddpm", "ddim"):
-        raise fail("sampler", "'ddpm' or 'ddim'", describe(sampler))
+    check_choice(sampler, "sampler", ("ddpm", "ddim"))
     device = torch.device(device) if device is not None else get_device()
     g = torch.Generator(device=device).manual_seed(seed)
     _sync(device)
@@ -241,8 +238,6 @@ def run_rows(rows: list[Row], settings: Settings, device=None, *, progress: bool
     """Measure each row; a ``cuda_only`` row off CUDA comes back with ``skipped`` set."""
     from tqdm.auto import tqdm
 
-    from . import get_device
-
     device = torch.device(device) if device is not None else get_device()
     results = []
     for row in tqdm(rows, desc="benchmark", disable=not progress):
@@ -278,11 +273,22 @@ def format_table(results: list[dict], device: torch.device) -> str:
     return "\n".join(lines)
 
 
+def _check_out(path: str) -> Path:
+    """The JSON file to write, checked before any work: its folder must be creatable and writable."""
+    out = Path(path)
+    if not is_writable_dir(out.parent):
+        raise fail("--out", "a file in a folder you can write to (e.g. runs/benchmark.json)", repr(path))
+    if out.is_dir():
+        raise fail("--out", "a file name, not a folder (e.g. runs/benchmark.json)", repr(path))
+    return out
+
+
+@reports_errors("dlcourse benchmark")
 def main(argv: list[str] | None = None) -> int:
     """``dlcourse benchmark [--rows TEXT] [--device D] [--out FILE]``."""
-    from . import banner, get_device
+    from . import banner
 
-    parser = argparse.ArgumentParser(prog="dlcourse benchmark", description=__doc__.splitlines()[0])
+    parser = Parser(prog="dlcourse benchmark", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default=None, help="only rows whose name contains this text")
     parser.add_argument("--device", default=None, help="default: the best available")
     parser.add_argument("--batch-size", type=int, default=None, help="default: the lesson's budget")
@@ -291,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
-    device = torch.device(args.device) if args.device else get_device()
+    device = check_device(args.device, "--device") if args.device else get_device()
     settings = Settings.from_budget()
     if args.batch_size is not None:
         settings.batch_size = check_positive_int(args.batch_size, "--batch-size")
@@ -301,14 +307,13 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         raise fail("--rows", f"text found in a row name, e.g. 'DDIM' (rows: {[r.name for r in ROWS]})",
                    repr(args.rows))
+    out = _check_out(args.out)
     print(banner())
     results = run_rows(rows, settings, device, progress=not args.no_progress)
     print(format_table(results, device))
     info = {"device": device.type, "settings": asdict(settings), "rows": results, "banner": banner()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(info, indent=2) + "\n")
     print(f"wrote {out}")
     return 0

@@ -8,6 +8,7 @@ same. To add a subcommand, add one entry to ``COMMANDS``.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import platform
 import sys
@@ -17,11 +18,37 @@ from typing import Callable
 COMMANDS: dict[str, tuple[str, str]] = {
     "authoring": ("write notebooks/ from solutions/ (--check: verify, --strip: strip outputs)", "dlcourse.authoring:main"),
     "info": ("print versions, the device and the budget (quick/cpu/full)", "dlcourse.cli:info"),
-    "train-evaluator": ("retrain the evaluator classifier of dlcourse.metrics (FID, accuracy)", "dlcourse.metrics:train_main"),
+    "train-evaluator": ("retrain the evaluator classifier of dlcourse.metrics (FID, accuracy)", "dlcourse.evaluator_training:main"),
     "results": ("run the solution notebooks at a budget and write docs/results.md with their pictures",
                 "dlcourse.results:main"),
     "benchmark": ("time training steps and sampling of the lesson-03 models (table + JSON)", "dlcourse.benchmark:main"),
 }
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line, ``<prog>: error: <message>``, with exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def reports_errors(prog: str):
+    """Decorator for a subcommand's ``main(argv)``: the package's teaching errors (ValueError) become
+    one line on stderr, ``<prog>: error: <message>``, and exit status 2 instead of a traceback."""
+
+    def decorate(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+        @functools.wraps(main)
+        def wrapped(argv: list[str] | None = None) -> int:
+            try:
+                return main(argv)
+            except ValueError as error:
+                message = " ".join(str(error).split())[:500]
+                print(f"{prog}: error: {message}", file=sys.stderr)
+                return 2
+
+        return wrapped
+
+    return decorate
 
 
 def _resolve(target: str) -> Callable[[list[str]], int]:
@@ -56,7 +83,7 @@ def info_lines() -> list[str]:
 
 def info(argv: list[str] | None = None) -> int:
     """``dlcourse info``: print the environment report."""
-    argparse.ArgumentParser(prog="dlcourse info", description=COMMANDS["info"][0]).parse_args(argv)
+    Parser(prog="dlcourse info", description=COMMANDS["info"][0]).parse_args(argv)
     print("\n".join(info_lines()))
     return 0
 

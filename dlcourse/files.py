@@ -27,3 +27,13 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) ->
         Path(temp).unlink(missing_ok=True)
         raise
     return path
+
+
+def is_writable_dir(folder: str | os.PathLike) -> bool:
+    """True when ``folder`` exists or can be created, and this user can create a file in it."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False

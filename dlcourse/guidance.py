@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from dlcourse.schedules import Schedule, gather
-from dlcourse.validation import check_float_tensor, check_positive_int, check_probability, describe, fail
+from dlcourse.validation import check_float_tensor, check_positive_int, check_probability, check_real, describe, fail
 
 __all__ = [
     "one_hot",
@@ -69,6 +69,9 @@ def apply_context_mask(c: torch.Tensor, c_mask: torch.Tensor) -> torch.Tensor:
     check_float_tensor(c_mask, "c_mask")
     if tuple(c_mask.shape) != (c.shape[0],):
         raise fail("c_mask", f"shape ({c.shape[0]},): one 1/0 per sample of c", describe(c_mask))
+    if not bool(((c_mask == 0) | (c_mask == 1)).all()):
+        raise fail("c_mask", "values 0 (drop the context) or 1 (keep it)",
+                   f"other values, e.g. {c_mask[(c_mask != 0) & (c_mask != 1)][0].item()}")
     return c * c_mask.to(c.dtype).reshape(-1, *([1] * (c.dim() - 1)))
 
 
@@ -83,9 +86,11 @@ def cfg_eps(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, w) -> torch.Tensor
             w = w.reshape(-1, *([1] * (eps_cond.dim() - 1)))
         elif w.dim() != 0:
             raise fail("w", f"a number or a tensor of shape () or ({eps_cond.shape[0]},)", describe(w))
+        if not w.is_floating_point() or not bool(torch.isfinite(w).all()):
+            raise fail("w", "finite float guidance weights", describe(w))
         w = w.to(eps_cond.device, eps_cond.dtype)
-    elif isinstance(w, bool) or not isinstance(w, (int, float)):
-        raise fail("w", "a number (0 = conditional, −1 = unconditional) or a per-sample tensor", describe(w))
+    else:
+        w = check_real(w, "w", hint=" (0 = conditional, −1 = unconditional) or a per-sample tensor")
     return (1 + w) * eps_cond - w * eps_uncond
 
 
@@ -135,8 +140,7 @@ def classifier_guided_eps_fn(eps_fn: EpsFn, log_prob_fn: Callable, y: torch.Tens
     """
     if not isinstance(schedule, Schedule):
         raise fail("schedule", "a dlcourse.schedules.Schedule", describe(schedule))
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise fail("scale", "a number (the classifier-guidance scale s)", describe(scale))
+    scale = check_real(scale, "scale", hint=" (the classifier-guidance scale s)")
     _check_labels(y, "y")
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

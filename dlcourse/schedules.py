@@ -152,8 +152,9 @@ class Schedule:
     _TENSORS = ("betas", "alphas", "alpha_bars", "alpha_bars_prev", "beta_tildes", "snr")
 
     def __init__(self, betas, dtype: torch.dtype = torch.float32):
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise fail("dtype", "a floating torch dtype (e.g. torch.float32)", describe(dtype))
+        if dtype not in (torch.float32, torch.float64):
+            raise fail("dtype", "torch.float32 or torch.float64 (in float16/bfloat16 ᾱ_t rounds to 1 and sampling "
+                       "gives NaN; keep the schedule in float32 and run a half-precision model with it)", describe(dtype))
         if not isinstance(betas, torch.Tensor):
             try:
                 betas = torch.as_tensor(betas, dtype=torch.float64)

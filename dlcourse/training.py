@@ -6,7 +6,7 @@ now and then, and saves checkpoints it can resume from after an interrupted
 kernel. Step numbers are 1-based: step k is the k-th optimizer update.
 
 Checkpoints are folders of ``safetensors`` files plus one JSON file, never
-pickles (DESIGN principle 5): ``model.safetensors``, ``ema.safetensors`` (with
+pickles (docs/design.md, principle 5): ``model.safetensors``, ``ema.safetensors`` (with
 an EMA), ``train_state.safetensors`` (optimizer tensors and RNG states) and
 ``state.json`` (step, history, optimizer hyper-parameters and scalars). A save
 writes a sibling temporary folder and swaps it in with ``os.replace``, so a
@@ -14,6 +14,7 @@ crash leaves either the old or the new checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
@@ -27,7 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .validation import check_positive_int, describe, fail
+from .device import check_device, get_device
+from .validation import check_choice, check_int, check_positive_int, check_real, check_seed, describe, fail, is_int, is_real
 
 __all__ = ["History", "EMA", "train", "save_checkpoint", "load_checkpoint", "checkpoint_exists"]
 
@@ -80,12 +82,15 @@ class EMA:
     def __init__(self, model: nn.Module, decay: float = 0.999, *, warmup: bool = True):
         if not isinstance(model, nn.Module):
             raise fail("model", "a torch.nn.Module", describe(model))
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 < decay < 1.0:
-            raise fail("decay", "a number in (0, 1), e.g. 0.999", describe(decay))
-        self.decay = float(decay)
+        self.decay = self.check_decay(decay)
         self.warmup = bool(warmup)
         self.num_updates = 0
         self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @staticmethod
+    def check_decay(decay, name: str = "decay") -> float:
+        """``decay`` as a float, if it is a finite number in (0, 1)."""
+        return check_real(decay, name, low=0.0, high=1.0, low_open=True, high_open=True, hint=", e.g. 0.999")
 
     def current_decay(self) -> float:
         """The d used by the next update."""
@@ -116,6 +121,30 @@ class EMA:
 
 
 # --------------------------------------------------------------------------- checkpoints
+#
+# A checkpoint ``ck`` lives in ``ck/`` with siblings that only save_checkpoint touches:
+# ``.ck.tmp-<pid>`` (the save being written), ``.ck.old`` (the previous save, during a save),
+# ``.ck.trash-<pid>`` (a backup being deleted) and ``.ck.lock`` (holds the writer's pid).
+# A save writes the temporary folder completely, then
+#   1. renames ``ck`` to ``.ck.old``,
+#   2. renames the temporary folder to ``ck``,
+#   3. renames ``.ck.old`` to the trash and deletes the trash.
+# Renames are atomic and only complete folders are ever renamed into ``ck`` or ``.ck.old``,
+# so after a crash at any instant ``ck`` or ``.ck.old`` is a complete checkpoint: the last
+# completed save or the one before. Nothing is deleted that a reader might pick.
+
+_REQUIRED_FILES = ("state.json", "model.safetensors", "train_state.safetensors")
+_MAX_STATE_BYTES = 256 * 2**20
+_MAX_STEP = 10**15
+
+# Tests set this to a function that raises, to crash a save between two of its file operations.
+_crash_point = None
+
+
+def _done(operation: str) -> None:
+    if _crash_point is not None:
+        _crash_point(operation)
+
 
 def _encode(obj, tensors: dict, path: str):
     """JSON-able structure for ``obj`` with its tensors moved into ``tensors`` (exact round trip)."""
@@ -124,7 +153,7 @@ def _encode(obj, tensors: dict, path: str):
         return {"__tensor__": path}
     if isinstance(obj, dict):
         for k in obj:
-            if not isinstance(k, (str, int)) or isinstance(k, bool):
+            if not (isinstance(k, str) or is_int(k)):
                 raise fail("state", "dict keys that are str or int", describe(k))
         return {"__dict__": [[k, _encode(v, tensors, f"{path}.{k}")] for k, v in obj.items()]}
     if isinstance(obj, tuple):
@@ -153,12 +182,20 @@ def _cpu_tensors(state_dict: dict) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone().contiguous() for k, v in state_dict.items()}
 
 
-def _resolve(folder: Path) -> Path:
-    """The folder to read: ``folder``, or its backup if a crash hit between the two renames of a save."""
-    backup = folder.with_name(f".{folder.name}.old")
-    if not (folder / "state.json").is_file() and (backup / "state.json").is_file():
-        return backup
-    return folder
+def _sibling(folder: Path, kind: str) -> Path:
+    return folder.with_name(f".{folder.name}.{kind}")
+
+
+def _is_complete(folder: Path) -> bool:
+    return all((folder / name).is_file() for name in _REQUIRED_FILES)
+
+
+def _resolve(folder: Path) -> Path | None:
+    """The complete checkpoint to read: ``folder``, else its backup ``.folder.old``; None if neither."""
+    for candidate in (folder, _sibling(folder, "old")):
+        if _is_complete(candidate):
+            return candidate
+    return None
 
 
 def _check_folder(folder) -> Path:
@@ -169,31 +206,117 @@ def _check_folder(folder) -> Path:
 
 def checkpoint_exists(folder) -> bool:
     """True when ``folder`` holds a checkpoint written by :func:`save_checkpoint`."""
-    return (_resolve(_check_folder(folder)) / "state.json").is_file()
+    return _resolve(_check_folder(folder)) is not None
 
 
-def save_checkpoint(folder, model: nn.Module, optimizer: torch.optim.Optimizer, step: int,
-                    history: History, ema: EMA | None = None, generator: torch.Generator | None = None,
-                    *, scaler=None, config: dict | None = None) -> Path:
-    """Atomically write a resumable checkpoint (safetensors + JSON, no pickle) to ``folder``.
+@contextlib.contextmanager
+def _locked(folder: Path):
+    """Hold ``.folder.lock`` (with our pid in it) so that one process at a time writes ``folder``."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; one writer is the user's responsibility
+        yield
+        return
+    lock = _sibling(folder, "lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise fail("checkpoint", "a folder that no other process is training into",
+                       f"{str(folder)!r}, in use by process {holder} (wait for it to finish, stop it, or "
+                       "choose another folder)") from None
+        try:  # the previous holder may have removed the file between our open and flock: retry
+            if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        yield
+    finally:
+        lock.unlink(missing_ok=True)
+        os.close(fd)  # releases the lock
 
-    Saved: model and EMA weights, the optimizer state (tensors flattened into
-    safetensors, the rest in JSON), ``step``, ``history``, the global torch RNG
-    states (CPU and every CUDA device), the state of ``generator`` if given, a
-    ``GradScaler``'s state if given, and ``config`` (JSON-able notes).
-    """
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some systems cannot fsync a directory
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(path: Path) -> None:
+    """Delete a folder file by file (a crash part-way leaves a partial trash folder nobody reads)."""
+    for child in sorted(path.iterdir()):
+        if child.is_dir() and not child.is_symlink():
+            _remove_tree(child)
+        else:
+            child.unlink()
+            _done(f"delete {child.name}")
+    path.rmdir()
+
+
+def _remove_leftovers(folder: Path) -> None:
+    """Delete temporary and trash folders that killed saves left behind (the caller holds the lock)."""
+    for pattern in (f".{folder.name}.tmp-*", f".{folder.name}.trash-*"):
+        for leftover in folder.parent.glob(pattern):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _write_checkpoint(folder: Path, model_tensors: dict, ema_tensors: dict | None, train_tensors: dict,
+                      state: dict) -> None:
     from safetensors.torch import save_file
 
-    folder = _check_folder(folder)
-    if not isinstance(model, nn.Module):
-        raise fail("model", "a torch.nn.Module", describe(model))
-    if not isinstance(optimizer, torch.optim.Optimizer):
-        raise fail("optimizer", "a torch.optim.Optimizer", describe(optimizer))
-    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise fail("step", "an int >= 0", describe(step))
-    if not isinstance(history, History):
-        raise fail("history", "a dlcourse.training.History", describe(history))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    if folder.exists() and not _is_complete(folder):
+        if not folder.is_dir() or any(folder.iterdir()):
+            raise fail("folder", "a new folder or a checkpoint folder (save_checkpoint replaces it)",
+                       f"{str(folder)!r}, which holds other files: choose another folder")
+        folder.rmdir()
+    _remove_leftovers(folder)
+    tmp, backup, trash = (_sibling(folder, kind) for kind in (f"tmp-{os.getpid()}", "old", f"trash-{os.getpid()}"))
+    tmp.mkdir()
+    _done("mkdir tmp")
+    files = [("model.safetensors", model_tensors), ("ema.safetensors", ema_tensors),
+             ("train_state.safetensors", train_tensors)]
+    for name, tensors in files:
+        if tensors is not None:
+            save_file(tensors, tmp / name)
+            _fsync(tmp / name)
+            _done(f"write {name}")
+    (tmp / "state.json").write_text(json.dumps(state, indent=1))
+    _fsync(tmp / "state.json")
+    _fsync(tmp)
+    _done("write state.json")
+    if _is_complete(folder) and backup.exists():  # a backup a crash left behind: the folder is newer
+        os.replace(backup, trash)
+        _done("rename old backup to trash")
+        _remove_tree(trash)
+        _done("delete old backup")
+    if _is_complete(folder):
+        os.replace(folder, backup)
+        _done("rename folder to backup")
+    os.replace(tmp, folder)
+    _fsync(folder.parent)
+    _done("rename tmp to folder")
+    if backup.exists():
+        os.replace(backup, trash)
+        _done("rename backup to trash")
+        _remove_tree(trash)
+        _done("delete backup")
 
+
+def _checkpoint_contents(model, optimizer, step, history, ema, generator, scaler, config):
+    """(model tensors, EMA tensors or None, train-state tensors, JSON state) of one save."""
     train_tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         for i, s in enumerate(torch.cuda.get_rng_state_all()):
@@ -212,33 +335,140 @@ def save_checkpoint(folder, model: nn.Module, optimizer: torch.optim.Optimizer, 
         "scaler": None if scaler is None else _encode(scaler.state_dict(), train_tensors, "scaler"),
         "config": config or {},
     }
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
-    backup = folder.with_name(f".{folder.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(_cpu_tensors(model.state_dict()), tmp / "model.safetensors")
-    if ema is not None:
-        save_file(_cpu_tensors(ema.state_dict()), tmp / "ema.safetensors")
-    save_file(train_tensors, tmp / "train_state.safetensors")
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))
-    shutil.rmtree(backup, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, backup)
-    os.replace(tmp, folder)
-    shutil.rmtree(backup, ignore_errors=True)
+    ema_tensors = None if ema is None else _cpu_tensors(ema.state_dict())
+    return _cpu_tensors(model.state_dict()), ema_tensors, train_tensors, state
+
+
+def save_checkpoint(folder, model: nn.Module, optimizer: torch.optim.Optimizer, step: int,
+                    history: History, ema: EMA | None = None, generator: torch.Generator | None = None,
+                    *, scaler=None, config: dict | None = None) -> Path:
+    """Write a resumable checkpoint (safetensors + JSON, no pickle) to ``folder``, crash-safely.
+
+    Saved: model and EMA weights, the optimizer state (tensors flattened into
+    safetensors, the rest in JSON), ``step``, ``history``, the global torch RNG
+    states (CPU and every CUDA device), the state of ``generator`` if given, a
+    ``GradScaler``'s state if given, and ``config`` (JSON-able notes). A crash at
+    any moment leaves this save or the previous one readable; two processes
+    cannot write one folder at the same time (the second gets an error naming the first).
+    """
+    folder = _check_folder(folder)
+    if not isinstance(model, nn.Module):
+        raise fail("model", "a torch.nn.Module", describe(model))
+    if not isinstance(optimizer, torch.optim.Optimizer):
+        raise fail("optimizer", "a torch.optim.Optimizer", describe(optimizer))
+    step = check_int(step, "step", low=0)
+    if not isinstance(history, History):
+        raise fail("history", "a dlcourse.training.History", describe(history))
+    contents = _checkpoint_contents(model, optimizer, step, history, ema, generator, scaler, config)
+    with _locked(folder):
+        _write_checkpoint(folder, *contents)
     return folder
 
 
-def _read_state(folder: Path) -> tuple[Path, dict]:
-    folder = _resolve(folder)
-    path = folder / "state.json"
-    if not path.is_file():
-        raise fail("folder", "a checkpoint folder written by save_checkpoint (with state.json)", repr(str(folder)))
-    state = json.loads(path.read_text())
+@dataclass
+class _Checkpoint:
+    """A checkpoint read from disk and checked, not yet loaded into anything."""
+
+    folder: Path
+    step: int
+    history: History
+    state: dict
+    model: dict[str, torch.Tensor]
+    ema: dict[str, torch.Tensor] | None
+    train: dict[str, torch.Tensor]
+
+
+def _bad(folder: Path, expected: str, got) -> ValueError:
+    return fail("checkpoint", expected, f"{got} in {str(folder)!r} (delete the folder to start afresh)")
+
+
+def _check_state(folder: Path, state) -> tuple[int, History]:
+    """Validate state.json's fields; return the step and the History."""
+    if not isinstance(state, dict):
+        raise _bad(folder, "state.json holding a JSON object", type(state).__name__)
     if state.get("format") != _FORMAT or state.get("version") != _VERSION:
-        raise fail("folder", f"a {_FORMAT} version {_VERSION}", f"{state.get('format')!r} {state.get('version')!r}")
-    return folder, state
+        raise _bad(folder, f"a {_FORMAT} version {_VERSION}",
+                   f"{str(state.get('format'))[:40]!r} {str(state.get('version'))[:20]!r}")
+    missing = {"step", "history", "param_shapes", "optimizer", "ema", "scaler", "config"} - set(state)
+    if missing:
+        raise _bad(folder, "state.json with all its fields", f"no {sorted(missing)}")
+    step = state["step"]
+    if not is_int(step, 0) or step > _MAX_STEP:
+        raise _bad(folder, f"a step that is an int in [0, {_MAX_STEP}]", describe(step))
+    h = state["history"]
+    ok = (isinstance(h, dict) and isinstance(h.get("steps"), list) and isinstance(h.get("losses"), list)
+          and len(h["steps"]) == len(h["losses"]) and isinstance(h.get("extra", {}), dict)
+          and all(is_int(s, 1) and s <= step for s in h["steps"])
+          and all(b > a for a, b in zip(h["steps"], h["steps"][1:]))
+          and all(isinstance(v, (int, float)) and is_real(v) for v in h["losses"])
+          and isinstance(h.get("seconds", 0.0), (int, float)) and is_real(h.get("seconds", 0.0))
+          and h.get("seconds", 0.0) >= 0)
+    if not ok:
+        raise _bad(folder, "a history with increasing int steps <= step, as many finite losses, seconds >= 0",
+                   "another history")
+    shapes = state["param_shapes"]
+    if not isinstance(shapes, dict) or not all(
+            isinstance(v, list) and all(is_int(d, 0) for d in v)
+            for v in shapes.values()):
+        raise _bad(folder, "param_shapes mapping names to lists of sizes", describe(shapes))
+    e = state["ema"]
+    if e is not None and not (isinstance(e, dict) and isinstance(e.get("warmup"), bool)
+                              and isinstance(e.get("decay"), float) and 0 < e["decay"] < 1
+                              and is_int(e.get("num_updates"), 0)):
+        raise _bad(folder, "ema settings {decay in (0, 1), warmup, num_updates >= 0} or null", describe(e))
+    if not isinstance(state["config"], dict):
+        raise _bad(folder, "config holding a JSON object", describe(state["config"]))
+    return step, History.from_dict(h)
+
+
+def _check_tensors(folder: Path, name: str, tensors: dict, shapes: dict) -> None:
+    got = {k: list(v.shape) for k, v in tensors.items()}
+    if got != shapes:
+        wrong = sorted(set(got) ^ set(shapes)) or sorted(k for k in got if got[k] != shapes[k])
+        raise _bad(folder, f"{name} with the tensors listed in state.json", f"a difference at {wrong[:3]}")
+
+
+def _read_checkpoint(folder: Path) -> _Checkpoint:
+    """Read and check everything of the checkpoint in ``folder`` (or its backup); load nothing."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    found = _resolve(folder)
+    if found is None:
+        raise fail("folder", "a checkpoint folder written by save_checkpoint (with state.json)", repr(str(folder)))
+    path = found / "state.json"
+    if path.stat().st_size > _MAX_STATE_BYTES:
+        raise _bad(found, f"state.json of at most {_MAX_STATE_BYTES // 2**20} MiB", f"{path.stat().st_size} bytes")
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise _bad(found, "state.json holding valid JSON", str(error)[:200]) from None
+    step, history = _check_state(found, state)
+    try:
+        model = load_file(found / "model.safetensors")
+        ema = None if state["ema"] is None else load_file(found / "ema.safetensors")
+        train_tensors = load_file(found / "train_state.safetensors")
+    except (OSError, SafetensorError) as error:
+        raise _bad(found, "readable safetensors files", str(error)[:200]) from None
+    _check_tensors(found, "model.safetensors", model, state["param_shapes"])
+    if ema is not None:
+        _check_tensors(found, "ema.safetensors", ema, state["param_shapes"])
+    rng_size = torch.get_rng_state().numel()
+    for key, value in train_tensors.items():
+        if key.startswith("rng.") and value.dtype != torch.uint8:
+            raise _bad(found, f"{key} a uint8 RNG state", describe(value))
+    cpu_rng = train_tensors.get("rng.torch")
+    if cpu_rng is None or cpu_rng.numel() != rng_size:
+        raise _bad(found, f"rng.torch of {rng_size} bytes", "a missing or resized RNG state")
+    generator = train_tensors.get("rng.generator")
+    if generator is not None and generator.numel() != rng_size:
+        raise _bad(found, f"rng.generator of {rng_size} bytes", describe(generator))
+    try:
+        _decode(state["optimizer"], train_tensors)
+        _decode(state["scaler"], train_tensors)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise _bad(found, "optimizer and scaler states that refer to stored tensors", "a broken reference") from None
+    return _Checkpoint(found, step, history, state, model, ema, train_tensors)
 
 
 def _shape_mismatch(model: nn.Module, state: dict) -> str | None:
@@ -256,6 +486,46 @@ def _shape_mismatch(model: nn.Module, state: dict) -> str | None:
     return None
 
 
+def _apply_checkpoint(ck: _Checkpoint, model: nn.Module, optimizer=None, ema: EMA | None = None,
+                      generator=None, scaler=None, restore_rng: bool = True) -> None:
+    """Load a checked checkpoint into the objects: all of it, or (on an error) none of it."""
+    if ema is not None and ck.ema is None:
+        raise fail("ema", "None: this checkpoint was saved without an EMA", describe(ema))
+    if generator is not None and "rng.generator" not in ck.train:
+        raise fail("generator", "None: this checkpoint was saved without a generator state", describe(generator))
+    before = (None if optimizer is None else copy.deepcopy(optimizer.state_dict()),
+              None if scaler is None else scaler.state_dict(),
+              None if generator is None else generator.get_state(), torch.get_rng_state())
+    try:
+        if optimizer is not None:
+            optimizer.load_state_dict(_decode(ck.state["optimizer"], ck.train))
+        if scaler is not None and ck.state["scaler"] is not None:
+            scaler.load_state_dict(_decode(ck.state["scaler"], ck.train))
+        if generator is not None:
+            generator.set_state(ck.train["rng.generator"])
+        if restore_rng:
+            torch.set_rng_state(ck.train["rng.torch"])
+    except (ValueError, RuntimeError, KeyError, TypeError) as error:
+        if optimizer is not None:
+            optimizer.load_state_dict(before[0])
+        if scaler is not None:
+            scaler.load_state_dict(before[1])
+        if generator is not None:
+            generator.set_state(before[2])
+        torch.set_rng_state(before[3])
+        raise fail("checkpoint", "a state that fits the given optimizer/scaler (nothing was loaded)",
+                   f"{str(error)[:200]} in {str(ck.folder)!r}") from None
+    if restore_rng:
+        cuda_states = [ck.train[k] for k in sorted((k for k in ck.train if k.startswith("rng.cuda.")),
+                                                   key=lambda k: int(k.rsplit(".", 1)[1]))]
+        if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+    model.load_state_dict(ck.model)  # shapes were checked: cannot fail half-way
+    if ema is not None:
+        ema.load_state_dict(ck.ema)
+        ema.decay, ema.warmup, ema.num_updates = (ck.state["ema"][k] for k in ("decay", "warmup", "num_updates"))
+
+
 def load_checkpoint(folder, model: nn.Module, optimizer: torch.optim.Optimizer | None = None,
                     ema: EMA | None = None, generator: torch.Generator | None = None, *,
                     scaler=None, restore_rng: bool = True) -> tuple[int, History]:
@@ -264,38 +534,16 @@ def load_checkpoint(folder, model: nn.Module, optimizer: torch.optim.Optimizer |
     ``model`` must have the saved parameter shapes. Optimizer, EMA, generator
     and scaler are restored when given; ``restore_rng`` also restores the
     global torch RNG states, so that a resumed run draws the same noise.
+    Everything is checked before anything is loaded: on an error nothing changed.
     """
-    from safetensors.torch import load_file
-
-    folder, state = _read_state(_check_folder(folder))
+    ck = _read_checkpoint(_check_folder(folder))
     if not isinstance(model, nn.Module):
         raise fail("model", "a torch.nn.Module", describe(model))
-    mismatch = _shape_mismatch(model, state)
+    mismatch = _shape_mismatch(model, ck.state)
     if mismatch:
         raise fail("model", "the architecture saved in the checkpoint (same parameter shapes)", mismatch)
-    device = next(iter(model.parameters()), torch.empty(0)).device
-    model.load_state_dict(load_file(folder / "model.safetensors", device=str(device)))
-    tensors = load_file(folder / "train_state.safetensors")
-    if optimizer is not None:
-        optimizer.load_state_dict(_decode(state["optimizer"], tensors))
-    if ema is not None:
-        if state["ema"] is None:
-            raise fail("ema", "None: this checkpoint was saved without an EMA", describe(ema))
-        ema.load_state_dict(load_file(folder / "ema.safetensors", device=str(device)))
-        ema.decay, ema.warmup, ema.num_updates = (state["ema"][k] for k in ("decay", "warmup", "num_updates"))
-    if scaler is not None and state["scaler"] is not None:
-        scaler.load_state_dict(_decode(state["scaler"], tensors))
-    if generator is not None:
-        if "rng.generator" not in tensors:
-            raise fail("generator", "None: this checkpoint was saved without a generator state", describe(generator))
-        generator.set_state(tensors["rng.generator"])
-    if restore_rng:
-        torch.set_rng_state(tensors["rng.torch"])
-        cuda_states = [tensors[k] for k in sorted((k for k in tensors if k.startswith("rng.cuda.")),
-                                                  key=lambda k: int(k.rsplit(".", 1)[1]))]
-        if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
-    return state["step"], History.from_dict(state["history"])
+    _apply_checkpoint(ck, model, optimizer, ema, generator, scaler, restore_rng)
+    return ck.step, ck.history
 
 
 # --------------------------------------------------------------------------- the loop
@@ -367,6 +615,114 @@ def _check_optional_positive_int(v, name: str):
     return None if v is None else check_positive_int(v, name)
 
 
+def _check_train_args(model, loss_fn, data, steps, batch_size, lr, weight_decay, grad_clip, ema_decay,
+                      checkpoint_every, preview_every, preview, seed, amp_dtype) -> None:
+    """Refuse every bad argument of :func:`train` before anything runs."""
+    if not isinstance(model, nn.Module):
+        raise fail("model", "a torch.nn.Module", describe(model))
+    if not callable(loss_fn):
+        raise fail("loss_fn", "a function loss_fn(model, batch) -> scalar tensor", describe(loss_fn))
+    check_positive_int(steps, "steps")
+    check_positive_int(batch_size, "batch_size")
+    _check_data(data, batch_size)
+    check_real(lr, "lr", low=0.0, low_open=True, hint=" (a positive number, e.g. 2e-4)")
+    check_real(weight_decay, "weight_decay", low=0.0)
+    if grad_clip is not None:
+        check_real(grad_clip, "grad_clip", low=0.0, low_open=True, hint=" (max gradient norm) or None")
+    if ema_decay is not None:
+        EMA.check_decay(ema_decay, "ema_decay")
+    _check_optional_positive_int(checkpoint_every, "checkpoint_every")
+    _check_optional_positive_int(preview_every, "preview_every")
+    if preview is not None and not callable(preview):
+        raise fail("preview", "a function preview(model, step)", describe(preview))
+    if preview_every is not None and preview is None:
+        raise fail("preview", "a function preview(model, step) when preview_every is set", "None")
+    check_seed(seed)
+    check_choice(amp_dtype, "amp_dtype", (None, torch.bfloat16, torch.float16))
+    if not any(p.requires_grad for p in model.parameters()):
+        raise fail("model", "a model with trainable parameters", describe(model))
+
+
+def _resume(checkpoint: Path, model, optimizer, ema, scaler, config: dict) -> tuple[int, History]:
+    """(step, history) of the checkpoint loaded into the objects, or (0, empty History) to start afresh."""
+    if not checkpoint_exists(checkpoint):
+        if checkpoint.exists() and (not checkpoint.is_dir() or any(checkpoint.iterdir())):
+            raise fail("checkpoint", "a new folder or one written by train (delete it or choose another "
+                       "folder to start afresh)", f"{str(checkpoint)!r}, which holds other files")
+        return 0, History()
+    ck = _read_checkpoint(checkpoint)
+    mismatch = _shape_mismatch(model, ck.state)
+    if mismatch:
+        raise fail("checkpoint", "a folder saved from this model's architecture (delete it or choose "
+                   "another folder to start afresh)", f"{str(checkpoint)!r}, where {mismatch}")
+    _apply_checkpoint(ck, model, optimizer, ema, scaler=scaler)
+    changed = {k: (ck.state["config"].get(k), v) for k, v in config.items() if ck.state["config"].get(k) != v}
+    if changed:
+        print(f"note: settings differ from the checkpoint {changed}; the resumed run will not "
+              "match a straight one")
+    return ck.step, ck.history
+
+
+def _optimizer_step(model, loss_fn, batch, optimizer, scaler, autocast, grad_clip, ema) -> torch.Tensor:
+    """One AdamW update on ``loss_fn(model, batch)`` (and the EMA's); return the detached loss."""
+    optimizer.zero_grad(set_to_none=True)
+    with autocast:
+        loss = loss_fn(model, batch)
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
+        raise fail("loss_fn", "to return a scalar float tensor (e.g. F.mse_loss(eps_pred, noise))", describe(loss))
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    if grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    if ema is not None:
+        ema.update(model)
+    return loss.detach().reshape(())
+
+
+class _LossLog:
+    """Losses kept on the device and read back in groups (one sync per group, not per step)."""
+
+    def __init__(self, history: History, bar):
+        self.history, self.bar = history, bar
+        self.pending: list[tuple[int, torch.Tensor]] = []
+        self.smoothed = None
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self.pending.append((step, loss))
+        if len(self.pending) >= _LOG_EVERY:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        values = torch.stack([v for _, v in self.pending]).float().cpu().tolist()
+        for (step, _), v in zip(self.pending, values):
+            if not math.isfinite(v):
+                raise fail("loss", "a finite value (try a smaller lr or grad_clip=1.0)", f"{v} at step {step}")
+            self.history.steps.append(step)
+            self.history.losses.append(v)
+            self.smoothed = v if self.smoothed is None else 0.9 * self.smoothed + 0.1 * v
+        self.pending.clear()
+        self.bar.set_postfix(loss=f"{self.smoothed:.4f}", refresh=False)
+
+
+def _run_preview(preview, target: nn.Module, step: int, device: torch.device) -> None:
+    """``preview(target, step)`` in eval mode, without gradients, on a forked RNG."""
+    mode = target.training
+    target.eval()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        preview(target, step)
+    target.train(mode)
+
+
 def train(model: nn.Module, loss_fn, data, *, steps: int, batch_size: int, lr: float = 2e-4, device=None,
           ema_decay: float | None = None, checkpoint=None, checkpoint_every: int | None = None,
           preview_every: int | None = None, preview=None, seed: int = 0, progress: bool = True,
@@ -387,45 +743,30 @@ def train(model: nn.Module, loss_fn, data, *, steps: int, batch_size: int, lr: f
     - ``checkpoint``: a folder. Saved every ``checkpoint_every`` steps (default
       every 10 % of ``steps``) and at the end. If it exists, training resumes
       from it ("resuming from step k") and returns at once if ``steps`` is
-      already reached. Straight and resumed runs give the same weights.
+      already reached. Straight and resumed runs give the same weights. While
+      training, the folder is locked: a second process training into it is refused.
     - ``amp_dtype`` (torch.bfloat16 or torch.float16): autocast on CUDA only
       (float16 with a GradScaler); ignored with a note elsewhere.
     - ``grad_clip``: clip the gradient norm to this value before each update.
     """
+    _check_train_args(model, loss_fn, data, steps, batch_size, lr, weight_decay, grad_clip, ema_decay,
+                      checkpoint_every, preview_every, preview, seed, amp_dtype)
+    if checkpoint is None:
+        return _train(model, loss_fn, data, steps, batch_size, lr, device, ema_decay, None, None,
+                      preview_every, preview, seed, progress, weight_decay, grad_clip, amp_dtype)
+    checkpoint = _check_folder(checkpoint)
+    with _locked(checkpoint):
+        return _train(model, loss_fn, data, steps, batch_size, lr, device, ema_decay, checkpoint,
+                      checkpoint_every or max(1, steps // 10), preview_every, preview, seed, progress,
+                      weight_decay, grad_clip, amp_dtype)
+
+
+def _train(model, loss_fn, data, steps, batch_size, lr, device, ema_decay, checkpoint, checkpoint_every,
+           preview_every, preview, seed, progress, weight_decay, grad_clip, amp_dtype) -> History:
+    """The loop of :func:`train`, after its arguments were checked (and the checkpoint locked)."""
     from tqdm.auto import tqdm
 
-    from . import get_device
-
-    if not isinstance(model, nn.Module):
-        raise fail("model", "a torch.nn.Module", describe(model))
-    if not callable(loss_fn):
-        raise fail("loss_fn", "a function loss_fn(model, batch) -> scalar tensor", describe(loss_fn))
-    check_positive_int(steps, "steps")
-    check_positive_int(batch_size, "batch_size")
-    _check_data(data, batch_size)
-    for name, value in (("lr", lr), ("weight_decay", weight_decay)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or (name == "lr" and value == 0):
-            raise fail(name, "a positive number" if name == "lr" else "a number >= 0", describe(value))
-    if grad_clip is not None and (isinstance(grad_clip, bool) or not isinstance(grad_clip, (int, float))
-                                  or grad_clip <= 0):
-        raise fail("grad_clip", "None or a positive number (max gradient norm)", describe(grad_clip))
-    if ema_decay is not None and (isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float))
-                                  or not 0 < ema_decay < 1):
-        raise fail("ema_decay", "None or a number in (0, 1), e.g. 0.999", describe(ema_decay))
-    checkpoint_every = _check_optional_positive_int(checkpoint_every, "checkpoint_every")
-    preview_every = _check_optional_positive_int(preview_every, "preview_every")
-    if preview is not None and not callable(preview):
-        raise fail("preview", "a function preview(model, step)", describe(preview))
-    if preview_every is not None and preview is None:
-        raise fail("preview", "a function preview(model, step) when preview_every is set", "None")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise fail("seed", "an int >= 0", describe(seed))
-    if amp_dtype not in (None, torch.bfloat16, torch.float16):
-        raise fail("amp_dtype", "None, torch.bfloat16 or torch.float16", describe(amp_dtype))
-    if not any(p.requires_grad for p in model.parameters()):
-        raise fail("model", "a model with trainable parameters", describe(model))
-
-    device = torch.device(device) if device is not None else get_device()
+    device = check_device(device) if device is not None else get_device()
     model.to(device)
     if amp_dtype is not None and device.type != "cuda":
         print(f"note: amp_dtype={amp_dtype} ignored on {device.type} (mixed precision runs on CUDA only)")
@@ -434,105 +775,46 @@ def train(model: nn.Module, loss_fn, data, *, steps: int, batch_size: int, lr: f
                                   weight_decay=weight_decay)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     ema = EMA(model, ema_decay) if ema_decay is not None else None
-    history = History()
-    start = 0
     config = {"batch_size": batch_size, "seed": seed, "lr": lr}
-    if checkpoint is not None:
-        checkpoint = _check_folder(checkpoint)
-        if checkpoint_every is None:
-            checkpoint_every = max(1, steps // 10)
-        if checkpoint_exists(checkpoint):
-            mismatch = _shape_mismatch(model, _read_state(checkpoint)[1])
-            if mismatch:
-                raise fail("checkpoint", "a folder saved from this model's architecture (delete it or choose "
-                           "another folder to start afresh)", f"{str(checkpoint)!r}, where {mismatch}")
-            start, history = load_checkpoint(checkpoint, model, optimizer, ema, scaler=scaler)
-            saved = _read_state(checkpoint)[1]["config"]
-            changed = {k: (saved.get(k), v) for k, v in config.items() if saved.get(k) != v}
-            if changed:
-                print(f"note: settings differ from the checkpoint {changed}; the resumed run will not "
-                      "match a straight one")
-            if start >= steps:
-                print(f"checkpoint {str(checkpoint)!r} already has {start} steps (asked for {steps}): "
-                      "returning its history")
-                history.ema_model = ema.model if ema else None
-                return history
-            print(f"resuming from step {start}")
-    if start == 0:
+    start, history = (0, History()) if checkpoint is None else _resume(checkpoint, model, optimizer, ema,
+                                                                       scaler, config)
+    if start >= steps:
+        print(f"checkpoint {str(checkpoint)!r} already has {start} steps (asked for {steps}): "
+              "returning its history")
+        history.ema_model = ema.model if ema else None
+        return history
+    if start > 0:
+        print(f"resuming from step {start}")
+    else:
         torch.manual_seed(seed)
 
     batches = _Batches(data, batch_size, seed)
     was_training = model.training
     model.train()
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-    pending: list[tuple[int, torch.Tensor]] = []
-    smoothed = None
     bar = tqdm(total=steps, initial=start, desc="training", disable=not progress)
-
-    def flush():
-        nonlocal smoothed
-        if not pending:
-            return
-        values = torch.stack([v for _, v in pending]).float().cpu().tolist()
-        for (s, _), v in zip(pending, values):
-            if not math.isfinite(v):
-                raise fail("loss", "a finite value (try a smaller lr or grad_clip=1.0)", f"{v} at step {s}")
-            history.steps.append(s)
-            history.losses.append(v)
-            smoothed = v if smoothed is None else 0.9 * smoothed + 0.1 * v
-        pending.clear()
-        bar.set_postfix(loss=f"{smoothed:.4f}", refresh=False)
-
-    def run_preview(step):
-        target = ema.model if ema else model
-        mode = target.training
-        target.eval()
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-            preview(target, step)
-        target.train(mode)
-
+    log = _LossLog(history, bar)
     step = start
     clock = time.perf_counter()
     try:
         for step in range(start + 1, steps + 1):
             batch = _to_device(batches(step - 1), device)
-            optimizer.zero_grad(set_to_none=True)
-            with autocast:
-                loss = loss_fn(model, batch)
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
-                raise fail("loss_fn", "to return a scalar float tensor (e.g. F.mse_loss(eps_pred, noise))",
-                           describe(loss))
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            if grad_clip is not None:
-                nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            if ema is not None:
-                ema.update(model)
-            pending.append((step, loss.detach().reshape(())))
+            log.add(step, _optimizer_step(model, loss_fn, batch, optimizer, scaler, autocast, grad_clip, ema))
             bar.update(1)
-            if len(pending) >= _LOG_EVERY:
-                flush()
-            if preview is not None and preview_every is not None and step % preview_every == 0:
-                flush()
-                run_preview(step)
+            if preview_every is not None and step % preview_every == 0:
+                log.flush()
+                _run_preview(preview, ema.model if ema else model, step, device)
             if checkpoint is not None and (step % checkpoint_every == 0 or step == steps):
-                flush()
+                log.flush()
                 now = time.perf_counter()
                 history.seconds += now - clock
                 clock = now
-                save_checkpoint(checkpoint, model, optimizer, step, history, ema, scaler=scaler, config=config)
-        flush()
+                _write_checkpoint(checkpoint, *_checkpoint_contents(model, optimizer, step, history, ema, None,
+                                                                    scaler, config))
+        log.flush()
         history.seconds += time.perf_counter() - clock
         if preview is not None and (preview_every is None or steps % preview_every != 0):
-            run_preview(steps)
+            _run_preview(preview, ema.model if ema else model, steps, device)
     except KeyboardInterrupt:
         if checkpoint is not None:
             print(f"interrupted at step {step}: run the same train(...) call again to resume from the "

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from dlcourse.guidance import guided_eps_fn, one_hot
-from dlcourse.validation import check_positive_int, describe, fail
+from dlcourse.validation import check_choice, check_positive_int, check_real, describe, fail
 
 __all__ = ["GuidanceExplorer", "guidance_explorer"]
 
@@ -86,8 +86,7 @@ class GuidanceExplorer:
     def set(self, w: float | None = None, cls: str | None = None) -> "GuidanceExplorer":
         """Show the grid for ``w`` (snapped to the nearest sampled value) and ``cls`` ("all" or a class name)."""
         if w is not None:
-            if isinstance(w, bool) or not isinstance(w, (int, float)):
-                raise fail("w", f"a number in [{self.ws[0]:g}, {self.ws[-1]:g}]", describe(w))
+            w = check_real(w, "w", hint=f" (snapped to the sampled weights in [{self.ws[0]:g}, {self.ws[-1]:g}])")
             self.w = min(self.ws, key=lambda v: abs(v - w))
         if cls is not None:
             if cls != "all" and cls not in self.classes:
@@ -156,12 +155,12 @@ def guidance_explorer(model, schedule, classes: Sequence[str], *, ws: Sequence[f
     if isinstance(classes, str) or not isinstance(classes, Sequence) or not classes:
         raise fail("classes", "a non-empty list of class names", describe(classes))
     ws = list(DEFAULT_WS if ws is None else ws)
-    if not ws or not all(isinstance(w, (int, float)) and not isinstance(w, bool) for w in ws) or len(set(ws)) != len(ws):
+    ws = [check_real(w, "ws", hint=" for every guidance weight") for w in ws]
+    if not ws or len(set(ws)) != len(ws):
         raise fail("ws", "a non-empty list of distinct numbers (guidance weights w)", describe(ws))
-    ws = sorted(float(w) for w in ws)
+    ws = sorted(ws)
     check_positive_int(n_per_class, "n_per_class")
-    if sampler not in ("ddim", "ddpm"):
-        raise fail("sampler", "'ddim' or 'ddpm'", describe(sampler))
+    check_choice(sampler, "sampler", ("ddim", "ddpm"))
     shape = _image_shape(model, image_shape)
     if device is None:
         first = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None

@@ -28,7 +28,7 @@ def test_linear_betas_endpoints_and_dtype():
 
 
 def test_scaled_linear_fixes_short_chains():
-    """DESIGN.md: with T = 150 linear betas leave ᾱ_{T−1} ≈ 0.22; scaled by 1000/T they reach noise."""
+    """docs/design.md: with T = 150 linear betas leave ᾱ_{T−1} ≈ 0.22; scaled by 1000/T they reach noise."""
     plain = Schedule(linear_betas(150), dtype=torch.float64).alpha_bars[-1].item()
     scaled = Schedule(scaled_linear_betas(150), dtype=torch.float64).alpha_bars[-1].item()
     assert plain == pytest.approx(0.22, abs=0.01)

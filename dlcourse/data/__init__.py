@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..validation import describe, fail
+from ..validation import check_int, check_seed, describe, fail
 from . import cache
 from .dataset import ImageDataset, to_display, to_pil, uint8_to_images
 from .flowers import (BACKGROUNDS, CLASSES, GENERATOR_VERSION, PETAL_COLOURS, SIZES, SUPERSAMPLE, caption,
@@ -29,12 +29,10 @@ _DATA_ROOT = Path(__file__).resolve().parents[2] / "data"
 def _check_args(split, image_size, n, seed, source, progress) -> None:
     if split not in DEFAULT_SIZES:
         raise fail("split", "'train' or 'test'", describe(split))
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
-        raise fail("image_size", "an int >= 8 (the side in pixels, e.g. 32)", describe(image_size))
-    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
-        raise fail("n", "a positive int (number of images) or None (the split's default size)", describe(n))
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise fail("seed", "a non-negative int", describe(seed))
+    check_int(image_size, "image_size", low=8, expected="an int >= 8 (the side in pixels, e.g. 32)")
+    if n is not None:
+        check_int(n, "n", low=1, expected="a positive int (number of images) or None (the split's default size)")
+    check_seed(seed)
     if not isinstance(source, (str, os.PathLike)):
         raise fail("source", "'procedural', 'fashion_mnist', 'hf:<hub id>' or a folder path", describe(source))
     if not isinstance(progress, bool):
@@ -42,20 +40,33 @@ def _check_args(split, image_size, n, seed, source, progress) -> None:
 
 
 def _procedural(split: str, image_size: int, n: int | None, seed: int, cache_dir, progress: bool) -> ImageDataset:
-    n = DEFAULT_SIZES[split] if n is None else n
+    n = DEFAULT_SIZES[split] if n is None else int(n)
+    image_size, seed = int(image_size), int(seed)
     params = {"generator": GENERATOR_VERSION, "supersample": SUPERSAMPLE, "split": split,
               "image_size": image_size, "n": n, "seed": seed}
-    folder = cache.resolve_cache_dir(cache_dir)
     stem = f"flowers_{split}_{image_size}px_n{n}_seed{seed}"
-    path = cache.cache_path(folder, stem, params)
-    loaded = cache.load(path, params)
+    folders = cache.candidate_dirs(cache_dir)
+    loaded = None
+    for folder in folders:  # a valid cache is used even where this user cannot write
+        loaded = cache.load(cache.cache_path(folder, stem, params), params, (image_size, image_size, 3), len(CLASSES))
+        if loaded is not None:
+            break
     if loaded is None:
         loaded = generate(split, image_size, n, seed, progress=progress)
-        cache.save(path, params, *loaded)
-        for stale in folder.glob(f"{stem}_*.npz"):  # same parameters, older generator
-            if stale != path:
-                print(f"note: removing stale cache {stale.name} (made by another generator version)")
-                stale.unlink(missing_ok=True)
+        folder = cache.writable_dir(folders)
+        if folder is None and cache_dir is not None:
+            raise fail("cache_dir", "a folder this user can write to (it holds no valid cache of these images)",
+                       repr(str(folders[0])))
+        if folder is None:
+            print(f"note: cannot write a cache in {str(folders[0])!r} or {str(folders[1])!r}: the images were drawn "
+                  "in memory and will be drawn again next time (pass cache_dir= a folder you can write)")
+        else:
+            path = cache.cache_path(folder, stem, params)
+            cache.save(path, params, *loaded)
+            for stale in folder.glob(f"{stem}_*.npz"):  # same parameters, older generator
+                if stale != path:
+                    print(f"note: removing stale cache {stale.name} (made by another generator version)")
+                    stale.unlink(missing_ok=True)
     images, labels, attributes = loaded
     return ImageDataset(uint8_to_images(images), torch.from_numpy(labels).long(), CLASSES,
                         [caption(a) for a in attributes], attributes)

@@ -6,14 +6,20 @@ A saved model is a folder with two files:
 - ``model.safetensors``: the ``state_dict`` as plain tensors (no pickle, so loading
   a stranger's model cannot run their code).
 
-``load_model`` rebuilds the architecture from the registry and loads the weights.
+``load_model`` treats both files as untrusted: the config is size- and depth-capped,
+the architecture is first built on the ``meta`` device (no memory) and its tensor
+shapes compared with the safetensors header (read alone, size-capped), and only
+then is anything allocated; int/float64 tensors where the model has float ones,
+and NaN/Inf weights, are refused rather than cast.
 """
 from __future__ import annotations
 
 import functools
 import inspect
 import json
+import math
 import os
+import struct
 from pathlib import Path
 
 import torch
@@ -21,10 +27,21 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from dlcourse.files import write_atomically
-from dlcourse.validation import describe, fail
+from dlcourse.validation import describe, fail, is_int
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
+
+MAX_CONFIG_BYTES = 64 * 2**10
+MAX_CONFIG_DEPTH = 8
+MAX_HEADER_BYTES = 16 * 2**20
+_ECHO = 200  # characters of untrusted input an error message may quote
+
+# safetensors dtype names of the dtypes a saved model may hold, with their sizes in bytes
+_DTYPES = {torch.float32: ("F32", 4), torch.float16: ("F16", 2), torch.bfloat16: ("BF16", 2),
+           torch.int64: ("I64", 8), torch.int32: ("I32", 4), torch.int16: ("I16", 2), torch.int8: ("I8", 1),
+           torch.uint8: ("U8", 1), torch.bool: ("BOOL", 1)}
+_FLOAT_NAMES = {"F32", "F16", "BF16"}
 
 _REGISTRY: dict[str, type[nn.Module]] = {}
 
@@ -94,14 +111,15 @@ def build(config: dict) -> nn.Module:
         raise fail("config", 'a dict with a "name" key and the constructor arguments', describe(config))
     kwargs = dict(config)
     name = kwargs.pop("name")
-    if name not in _REGISTRY:
-        raise fail("config['name']", f"one of the registered architectures {registered()}", repr(name))
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise fail("config['name']", f"one of the registered architectures {registered()}", repr(name)[:_ECHO])
     cls = _REGISTRY[name]
     try:
         inspect.signature(cls).bind(**kwargs)
     except TypeError as error:
         raise fail(
-            "config", f"keyword arguments accepted by {cls.__name__}{inspect.signature(cls)}", f"{kwargs} ({error})"
+            "config", f"keyword arguments accepted by {cls.__name__}{inspect.signature(cls)}",
+            f"{str(kwargs)[:_ECHO]} ({str(error)[:_ECHO]})"
         ) from None
     return cls(**kwargs)
 
@@ -133,10 +151,92 @@ def save_model(model: nn.Module, folder: str | os.PathLike) -> Path:
     return folder
 
 
+def _depth(value) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+def _read_config(path: Path) -> dict:
+    """The config dict of a saved model: at most MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH levels, a string name."""
+    size = path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise fail(str(path), f"a config of at most {MAX_CONFIG_BYTES} bytes", f"{size} bytes")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise fail(str(path), "valid JSON", f"a parse error: {str(error)[:_ECHO]}") from None
+    if not isinstance(config, dict):
+        raise fail(str(path), 'a JSON object {"name": ..., arguments...}', f"a JSON {type(config).__name__}")
+    if _depth(config) > MAX_CONFIG_DEPTH:
+        raise fail(str(path), f"at most {MAX_CONFIG_DEPTH} levels of nesting", f"{_depth(config)} levels")
+    if not isinstance(config.get("name"), str):
+        raise fail(f"{path}: name", f"a string, one of {registered()}", describe(config.get("name"))[:_ECHO])
+    return config
+
+
+def _read_header(path: Path) -> dict[str, tuple[str, list[int]]]:
+    """``{key: (dtype name, shape)}`` from a safetensors header, read alone and checked against the file size."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        if len(prefix) < 8:
+            raise fail(str(path), "a safetensors file", f"{size} bytes")
+        (n,) = struct.unpack("<Q", prefix)
+        if n > min(MAX_HEADER_BYTES, size - 8):
+            raise fail(str(path), f"a safetensors header of at most {MAX_HEADER_BYTES} bytes within the file",
+                       f"a header length of {n}")
+        try:
+            header = json.loads(f.read(n).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError, RecursionError) as error:
+            raise fail(str(path), "a safetensors file (JSON header)", str(error)[:_ECHO]) from None
+    if not isinstance(header, dict):
+        raise fail(str(path), "a safetensors header (a JSON object)", type(header).__name__)
+    sizes = dict(_DTYPES.values())
+    entries = {}
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        ok = (isinstance(entry, dict) and entry.get("dtype") in sizes and isinstance(entry.get("shape"), list)
+              and all(is_int(d, 0) for d in entry["shape"])
+              and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
+              and all(is_int(o) for o in entry["data_offsets"]))
+        if not ok:
+            raise fail(f"{path}: {key[:80]!r}", f"a tensor entry of a dtype in {sorted(sizes)} with a shape and "
+                       "offsets", str(entry)[:_ECHO])
+        begin, end = entry["data_offsets"]
+        if not 0 <= begin <= end <= size - 8 - n or end - begin != math.prod(entry["shape"]) * sizes[entry["dtype"]]:
+            raise fail(f"{path}: {key[:80]!r}", "data offsets that fit its shape and the file", str(entry)[:_ECHO])
+        entries[key] = (entry["dtype"], entry["shape"])
+    return entries
+
+
+def _compare(expected: dict[str, torch.Tensor], header: dict, path: Path) -> None:
+    """Refuse weights whose names, shapes or dtypes differ from the architecture's (built on ``meta``)."""
+    for key in sorted(set(expected) | set(header)):
+        if key not in header:
+            problem = f"{key!r} is missing"
+        elif key not in expected:
+            problem = f"{key[:80]!r} is not in the architecture"
+        elif list(expected[key].shape) != header[key][1]:
+            problem = f"{key!r} has shape {header[key][1]}, the architecture needs {list(expected[key].shape)}"
+        elif expected[key].is_floating_point() != (header[key][0] in _FLOAT_NAMES):
+            problem = f"{key!r} has dtype {header[key][0]}, the architecture needs {expected[key].dtype}"
+        elif not expected[key].is_floating_point() and _DTYPES.get(expected[key].dtype, ("?",))[0] != header[key][0]:
+            problem = f"{key!r} has dtype {header[key][0]}, the architecture needs {expected[key].dtype}"
+        else:
+            continue
+        raise fail(str(path), f"weights matching the architecture in {CONFIG_FILE} "
+                   "(float32/float16/bfloat16 for float tensors)", problem)
+
+
 def load_model(folder: str | os.PathLike, device: str | torch.device | None = None) -> nn.Module:
     """Rebuild the model saved in ``folder`` and load its weights (safetensors only, never pickle).
 
-    ``device=None`` loads on the CPU. The model is returned in eval mode.
+    ``device=None`` loads on the CPU. The model is returned in eval mode. Nothing is
+    allocated before the config and the weights' header were checked against each other.
     """
     folder = Path(folder)
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
@@ -144,14 +244,19 @@ def load_model(folder: str | os.PathLike, device: str | torch.device | None = No
         if not path.is_file():
             raise FileNotFoundError(f"{path}: file not found (a saved model folder holds {CONFIG_FILE} and {WEIGHTS_FILE}; "
                                     "write one with dlcourse.models.save_model(model, folder))")
+    config = _read_config(config_path)
+    header = _read_header(weights_path)
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise fail(str(config_path), "valid JSON", f"a parse error: {error}") from None
-    model = build(config)
+        with torch.device("meta"):
+            skeleton = build(config)
+    except (RuntimeError, OverflowError, MemoryError) as error:
+        raise fail(str(config_path), "an architecture of a buildable size", str(error)[:_ECHO]) from None
+    _compare(skeleton.state_dict(), header, weights_path)
+    del skeleton
     state = load_file(str(weights_path), device="cpu")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise fail(str(weights_path), f"weights matching the architecture in {CONFIG_FILE}", str(error)[:500]) from None
+    for key, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise fail(f"{weights_path}: {key!r}", "finite weights", "NaN or Inf values")
+    model = build(config)
+    model.load_state_dict(state, strict=True)
     return model.to(device if device is not None else "cpu").eval()
