@@ -10,7 +10,6 @@ models the notebooks saved (``dlcourse.pretrained.save_reference``) are copied i
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import io
 import json
@@ -20,6 +19,8 @@ import re
 import shutil
 import time
 from pathlib import Path
+
+from dlcourse.cli import Parser, reports_errors
 
 __all__ = ["TAG", "MAX_PNG_BYTES", "LESSONS", "run_notebook", "harvest", "main"]
 
@@ -163,12 +164,13 @@ def _copy_references(source: Path) -> list[str]:
     return copied
 
 
+@reports_errors("dlcourse results")
 def main(argv: list[str] | None = None) -> int:
     """``dlcourse results``: run lessons at a budget; write ``OUT/results/LESSON.{md,json}`` and PNGs,
     then ``OUT/results.md`` from every lesson's fragment (so one lesson can be rerun alone)."""
     from dlcourse.config import MODES
 
-    parser = argparse.ArgumentParser(prog="dlcourse results", description=__doc__.splitlines()[0])
+    parser = Parser(prog="dlcourse results", description=__doc__.splitlines()[0])
     parser.add_argument("--budget", default="cpu", choices=MODES, help="budget to run the notebooks at (default cpu)")
     parser.add_argument("--lessons", nargs="+", default=list(LESSONS), metavar="LESSON",
                         help=f"which solution notebooks (default: {' '.join(LESSONS)})")
