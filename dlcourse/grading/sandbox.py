@@ -2,8 +2,10 @@
 
 The process gets: ``python -I`` (no PYTHONPATH, no user site), a temporary working directory,
 no standard input, a minimal environment, RLIMIT_AS (memory), RLIMIT_FSIZE (file size),
-RLIMIT_NPROC (processes: the user's current count plus a small allowance, so a fork bomb stops),
-RLIMIT_CPU and RLIMIT_CORE = 0, and its own session. Every process it starts carries a random
+a process limit of ``MAX_TASKS`` tasks (a pids cgroup where the grader may create one, which holds
+even for root; otherwise RLIMIT_NPROC at the user's current count plus ``MAX_TASKS``, which the
+kernel does not enforce for root: run as root only inside a container, see assessments/README.md),
+RLIMIT_CPU, RLIMIT_CORE = 0, and its own session. Every process it starts carries a random
 token in its environment; afterwards each one still alive is killed, whether or not it changed
 session, and the working directory is removed.
 """
@@ -22,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TOKEN_VARIABLE = "DLCOURSE_SANDBOX"
-EXTRA_PROCESSES = 32
+MAX_TASKS = 64
+PIDS_CGROUP_ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
 OUTPUT_CAP = 16 * 2**20
 
 
@@ -47,6 +50,36 @@ def _user_tasks() -> int:
             except OSError:
                 continue
     return count
+
+
+def pids_cgroup(token: str, max_tasks: int = MAX_TASKS) -> Path | None:
+    """A new pids cgroup (v1 or v2) holding at most ``max_tasks`` tasks, or None where none can be made."""
+    for root in PIDS_CGROUP_ROOTS:
+        controls = root / "cgroup.subtree_control"
+        v1 = root.name == "pids" and (root / "cgroup.procs").exists()
+        v2 = controls.exists() and "pids" in controls.read_text(errors="replace").split()
+        if not (v1 or v2):
+            continue
+        folder = root / f"dlcourse-{token}"
+        try:
+            folder.mkdir()
+            (folder / "pids.max").write_text(str(max_tasks))
+            return folder
+        except OSError:
+            if folder.is_dir():
+                _remove_cgroup(folder)
+    return None
+
+
+def _remove_cgroup(folder: Path) -> None:
+    for _ in range(100):
+        try:
+            folder.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.02)
 
 
 def processes_with_token(token: str) -> list[int]:
@@ -97,11 +130,14 @@ def run(argv: list[str], workdir: Path, *, time_limit: float, memory_mb: int, fi
         extra_env: dict[str, str] | None = None) -> SandboxResult:
     """Run ``argv`` in ``workdir`` under the limits above; wait at most ``time_limit`` seconds."""
     token = secrets.token_hex(8)
-    max_tasks = _user_tasks() + EXTRA_PROCESSES
+    cgroup = pids_cgroup(token)
+    max_tasks = _user_tasks() + MAX_TASKS
     memory, file_size = memory_mb * 2**20, file_mb * 2**20
     cpu = int(time_limit) + 5
 
     def limit():
+        if cgroup is not None:
+            (cgroup / "cgroup.procs").write_text(str(os.getpid()))
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
         resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
         resource.setrlimit(resource.RLIMIT_NPROC, (max_tasks, max_tasks))
@@ -125,6 +161,8 @@ def run(argv: list[str], workdir: Path, *, time_limit: float, memory_mb: int, fi
         finally:
             kill_token(token)
             process.wait()
+            if cgroup is not None:
+                _remove_cgroup(cgroup)
     seconds = time.monotonic() - start
     with open(log_path, "rb") as f:
         f.seek(max(0, log_path.stat().st_size - 2000))
