@@ -119,7 +119,18 @@ class Grader:
         return part
 
     def grade(self, folder: Path, class_dir: Path, reports_dir: Path) -> dict:
-        """Grade one submission folder; return its gradebook row (and write its HTML report)."""
+        """Grade one submission folder; return its gradebook row (and write its HTML report).
+
+        An unexpected error while grading it becomes that student's row (``crashed``, with the error),
+        so one submission never stops the batch."""
+        try:
+            return self._grade(folder, class_dir, reports_dir)
+        except Exception as error:  # noqa: BLE001 - recorded in the gradebook, the batch goes on
+            return {"id": student_id(folder), "status": "crashed", "functions": 0.0, "model": 0.0, "total": 0.0,
+                    "reason": f"the grader could not score this submission: {type(error).__name__}: "
+                              f"{str(error)[:200]} (send this row to the course maintainers)"}
+
+    def _grade(self, folder: Path, class_dir: Path, reports_dir: Path) -> dict:
         s, start = self.settings, time.monotonic()
         row = {"id": student_id(folder), "functions": 0.0, "model": 0.0, "total": 0.0}
         messages: list[str] = []

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from ..assessment import ANSWERS_FILE, CONTEXT_DIM, PAIRS, W_RANGE, assessment_schedule, flower_context
@@ -78,26 +78,29 @@ def read_config(path: Path) -> dict:
     return config
 
 
-def read_weights_header(path: Path) -> dict:
-    """The safetensors header {name: {dtype, shape, data_offsets}}, checked before any weight is read."""
+def read_weights(path: Path) -> tuple[bytes, dict]:
+    """The safetensors file's bytes and header {name: {dtype, shape, data_offsets}}, the header checked
+    (size cap, dtypes, shapes, offsets) before any weight is parsed. Read once, by bytes, so the file
+    cannot change between the check and the load, and any file name works."""
     if not path.is_file():
         raise SubmissionError(f"{WEIGHTS_FILE}: missing (save the model with dlcourse.assessment.export)")
     size = path.stat().st_size
     if size > WEIGHTS_CAP:
         raise SubmissionError(f"{WEIGHTS_FILE}: {size} bytes, over the {WEIGHTS_CAP} byte cap")
     with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise SubmissionError(f"{WEIGHTS_FILE}: {size} bytes, too short to be a safetensors file")
-        (n,) = struct.unpack("<Q", head)
-        if n > HEADER_CAP or 8 + n > size:
-            raise SubmissionError(f"{WEIGHTS_FILE}: header length {n} is over the cap ({HEADER_CAP}) or past "
-                                  f"the end of the {size}-byte file (not a safetensors file, or truncated)")
-        try:
-            header = json.loads(f.read(n).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            raise SubmissionError(f"{WEIGHTS_FILE}: header is not JSON (not a safetensors file: "
-                                  "save with dlcourse.assessment.export, never torch.save)") from None
+        data = f.read(WEIGHTS_CAP + 1)
+    size = len(data)
+    if size < 8:
+        raise SubmissionError(f"{WEIGHTS_FILE}: {size} bytes, too short to be a safetensors file")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > HEADER_CAP or 8 + n > size:
+        raise SubmissionError(f"{WEIGHTS_FILE}: header length {n} is over the cap ({HEADER_CAP}) or past "
+                              f"the end of the {size}-byte file (not a safetensors file, or truncated)")
+    try:
+        header = json.loads(data[8:8 + n].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise SubmissionError(f"{WEIGHTS_FILE}: header is not JSON (not a safetensors file: "
+                              "save with dlcourse.assessment.export, never torch.save)") from None
     if not isinstance(header, dict):
         raise SubmissionError(f"{WEIGHTS_FILE}: header is not a JSON object")
     header.pop("__metadata__", None)
@@ -118,14 +121,14 @@ def read_weights_header(path: Path) -> dict:
         end = max(end, stop)
     if end != data_size:
         raise SubmissionError(f"{WEIGHTS_FILE}: {data_size} data bytes but the tensors cover {end} (truncated?)")
-    return header
+    return data, header
 
 
 def load_submission_model(folder: Path) -> nn.Module:
     """The student's model, rebuilt from the registry and loaded strictly (eval mode, CPU)."""
     folder = Path(folder)
     config = read_config(folder / CONFIG_FILE)
-    header = read_weights_header(folder / WEIGHTS_FILE)
+    data, header = read_weights(folder / WEIGHTS_FILE)
     try:
         with torch.device("meta"):  # count parameters before allocating anything
             probe = build(config)
@@ -141,7 +144,10 @@ def load_submission_model(folder: Path) -> nn.Module:
         wrong = sorted(k for k in set(expected) & set(got) if expected[k] != got[k])
         raise SubmissionError(f"{WEIGHTS_FILE}: does not match {CONFIG_FILE} (missing {missing[:3]}, "
                               f"unexpected {extra[:3]}, wrong shapes {wrong[:3]})")
-    state = load_file(str(folder / WEIGHTS_FILE), device="cpu")
+    try:
+        state = load_safetensors(data)
+    except Exception as error:  # noqa: BLE001 - safetensors' own parse error
+        raise SubmissionError(f"{WEIGHTS_FILE}: unreadable ({str(error)[:200]})") from None
     bad = [k for k, v in state.items() if not torch.isfinite(v).all()]
     if bad:
         raise SubmissionError(f"{WEIGHTS_FILE}: NaN or inf in {bad[:3]} (training diverged: lower the lr)")
@@ -210,14 +216,14 @@ def copy_fraction(samples: torch.Tensor, data: ScoringData, threshold: float) ->
 
 def sample_model(model: nn.Module, w: float, n_per_pair: int, steps: int, seed: int) -> tuple:
     """(images in [−1, 1], class labels, colour labels): ``n_per_pair`` per (class, colour) pair,
-    DDIM with ``steps`` steps, η = 0, x̂₀ clipped, batched guidance at ``w``, from ``seed``."""
+    DDIM with ``steps`` steps (at most T), η = 0, x̂₀ clipped, batched guidance at ``w``, from ``seed``."""
     labels = torch.tensor([k for k, _ in PAIRS for _ in range(n_per_pair)])
     colours = torch.tensor([c for _, c in PAIRS for _ in range(n_per_pair)])
     size = model.config["image_size"]
     schedule = assessment_schedule(model.config["T"])
     generator = torch.Generator().manual_seed(seed)
     eps_fn = guided_eps_fn(model, flower_context(labels, colours), w)
-    x = ddim_sample(eps_fn, schedule, (len(labels), 3, size, size), steps=steps, generator=generator,
+    x = ddim_sample(eps_fn, schedule, (len(labels), 3, size, size), steps=min(steps, schedule.T), generator=generator,
                     progress=False)
     return x.clamp(-1, 1), labels, colours
 
