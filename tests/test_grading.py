@@ -199,16 +199,7 @@ def build_class(root: Path, marker: Path) -> Path:
 
 
 def _sandbox_processes() -> list[int]:
-    found = []
-    for entry in os.scandir("/proc"):
-        if entry.name.isdigit():
-            try:
-                with open(f"/proc/{entry.name}/environ", "rb") as f:
-                    if sandbox.TOKEN_VARIABLE.encode() + b"=" in f.read():
-                        found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
+    return sandbox.processes_with_token(None)
 
 
 def _leftovers() -> set[str]:

@@ -97,6 +97,7 @@ def histogram_png(rows: dict[str, dict], path: Path) -> Path:
     ax.hist(totals, bins=np.arange(0, 101, 10), color="tab:blue", edgecolor="white")
     ax.set_xlabel("total (of 100)")
     ax.set_ylabel("students")
+    ax.yaxis.get_major_locator().set_params(integer=True)
     ax.set_title(f"Totals of {len(totals)} submissions")
     figure.tight_layout()
     return write_atomically(path, lambda temp: figure.savefig(temp, format="png"))

@@ -82,16 +82,18 @@ def _remove_cgroup(folder: Path) -> None:
             time.sleep(0.02)
 
 
-def processes_with_token(token: str) -> list[int]:
-    """Ids of live processes whose environment carries ``token`` (started inside that sandbox)."""
-    needle = f"{TOKEN_VARIABLE}={token}".encode()
+def processes_with_token(token: str | None) -> list[int]:
+    """Ids of live processes whose environment carries ``token`` (started inside that sandbox);
+    ``None``: of any sandbox."""
+    needle = f"{TOKEN_VARIABLE}={token or ''}".encode()
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
             with open(f"/proc/{entry.name}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
+                variables = f.read().split(b"\0")
+                if needle in variables or (token is None and any(v.startswith(needle) for v in variables)):
                     found.append(int(entry.name))
         except OSError:
             continue
