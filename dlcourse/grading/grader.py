@@ -153,9 +153,9 @@ class Grader:
             messages += [r.message for r in functions.results] or [functions.reason]
             statuses = [functions.status]
             reasons = [functions.reason] if functions.reason else []
-            score = model_part.score_model(network.to(s.device), w, n_per_pair=s.n_per_pair,
-                                           steps=s.sampling_steps, seed=s.sampling_seed, data=self.data(),
-                                           copy_threshold=s.copy_threshold)
+            score = model_part.score_model(network, w, n_per_pair=s.n_per_pair, steps=s.sampling_steps,
+                                           seed=s.sampling_seed, data=self.data(), copy_threshold=s.copy_threshold,
+                                           device=s.device)
             half = s.points_model / 2
             points = half * min(1, score.class_accuracy / s.pass_class_accuracy) \
                 + half * min(1, score.colour_accuracy / s.pass_colour_accuracy)
@@ -187,18 +187,20 @@ class Grader:
 
 def grade_class(submissions: str | os.PathLike, out: str | os.PathLike, *, settings: Settings, workers: int = 1,
                 force: bool = False, only: list[str] | None = None, progress: bool = True) -> dict[str, dict]:
-    """Grade every subfolder of ``submissions`` into the gradebook ``out`` (resuming unless ``force``)."""
+    """Grade every subfolder of ``submissions`` (or those named in ``only``) into the gradebook ``out``.
+
+    Students already in the gradebook are skipped unless ``force``; other rows are kept."""
     from tqdm.auto import tqdm
 
     class_dir, out = Path(submissions), Path(out)
     if not class_dir.is_dir():
         raise ValueError(f"SUBMISSIONS_DIR {class_dir}: expected a folder with one subfolder per student")
     reports_dir = out.parent / "reports"
-    rows = {} if force else report.read_gradebook(out)
+    rows = report.read_gradebook(out)
     folders = sorted((p for p in class_dir.iterdir() if p.is_dir() or p.is_symlink()), key=lambda p: os.fsencode(p.name))
     if only:
         folders = [p for p in folders if student_id(p) in only]
-    todo = [p for p in folders if student_id(p) not in rows]
+    todo = folders if force else [p for p in folders if student_id(p) not in rows]
     grader = Grader(settings)
     counts = {s: 0 for s in report.STATUSES}
     lock = threading.Lock()

@@ -214,24 +214,25 @@ def copy_fraction(samples: torch.Tensor, data: ScoringData, threshold: float) ->
     return float((nearest < threshold * typical).double().mean())
 
 
-def sample_model(model: nn.Module, w: float, n_per_pair: int, steps: int, seed: int) -> tuple:
+def sample_model(model: nn.Module, w: float, n_per_pair: int, steps: int, seed: int, device="cpu") -> tuple:
     """(images in [−1, 1], class labels, colour labels): ``n_per_pair`` per (class, colour) pair,
-    DDIM with ``steps`` steps (at most T), η = 0, x̂₀ clipped, batched guidance at ``w``, from ``seed``."""
+    DDIM with ``steps`` steps (at most T), η = 0, x̂₀ clipped, batched guidance at ``w``, from ``seed``
+    (noise drawn on the CPU, so every device starts from the same x_T); the model runs on ``device``."""
     labels = torch.tensor([k for k, _ in PAIRS for _ in range(n_per_pair)])
     colours = torch.tensor([c for _, c in PAIRS for _ in range(n_per_pair)])
     size = model.config["image_size"]
-    schedule = assessment_schedule(model.config["T"])
+    schedule = assessment_schedule(model.config["T"]).to(device)
     generator = torch.Generator().manual_seed(seed)
-    eps_fn = guided_eps_fn(model, flower_context(labels, colours), w)
+    eps_fn = guided_eps_fn(model.to(device), flower_context(labels, colours).to(device), w)
     x = ddim_sample(eps_fn, schedule, (len(labels), 3, size, size), steps=min(steps, schedule.T), generator=generator,
-                    progress=False)
-    return x.clamp(-1, 1), labels, colours
+                    device=device, progress=False)
+    return x.cpu().clamp(-1, 1), labels, colours
 
 
 def score_model(model: nn.Module, w: float, *, n_per_pair: int, steps: int, seed: int, data: ScoringData,
-                copy_threshold: float) -> ModelScore:
-    """Sample ``model`` and score the samples with the evaluator."""
-    x, labels, colours = sample_model(model, w, n_per_pair, steps, seed)
+                copy_threshold: float, device="cpu") -> ModelScore:
+    """Sample ``model`` on ``device`` and score the samples with the evaluator (on the CPU)."""
+    x, labels, colours = sample_model(model, w, n_per_pair, steps, seed, device)
     evaluator = load_evaluator()
     return ModelScore(
         class_accuracy=class_accuracy(x, labels, evaluator),
