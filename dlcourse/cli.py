@@ -18,6 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "authoring": ("write notebooks/ from solutions/ (--check: verify, --strip: strip outputs)", "dlcourse.authoring:main"),
     "info": ("print versions, the device and the budget (quick/cpu/full)", "dlcourse.cli:info"),
     "train-evaluator": ("retrain the evaluator classifier of dlcourse.metrics (FID, accuracy)", "dlcourse.metrics:train_main"),
+    "results": ("run the solution notebooks at a budget and write docs/results.md with their pictures",
+                "dlcourse.results:main"),
     "benchmark": ("time training steps and sampling of the lesson-03 models (table + JSON)", "dlcourse.benchmark:main"),
     "release": ("write what students get (no solutions, no assessment masters) into OUT_DIR", "dlcourse.release:main"),
     "grade": ("grade a folder of assessment submissions into a gradebook CSV and HTML reports", "dlcourse.grading:main"),

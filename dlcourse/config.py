@@ -74,6 +74,7 @@ BUDGETS: dict[str, dict[str, tuple]] = {
         "T": (1000, 200, 100),
         "train_steps": (8_000, 4_000, 300),
         "batch_size": (128, 64, 32),
+        "lr": (1e-3, 2e-3, 2e-3),
         "n_samples": (100, 100, 10),
     },
     "03_optimizations": {
@@ -84,6 +85,7 @@ BUDGETS: dict[str, dict[str, tuple]] = {
         # two models (lesson-02 style and optimised) are trained on this same budget each
         "train_steps": (4_000, 2_500, 30),
         "batch_size": (128, 64, 16),
+        "lr": (1e-3, 2e-3, 1e-3),
         "n_samples": (500, 200, 16),
         "ema_decay": (0.999, 0.999, 0.99),
         # DDIM steps S of the FID-vs-steps table (T is added as the last column)
@@ -100,6 +102,7 @@ BUDGETS: dict[str, dict[str, tuple]] = {
         "T": (1000, 200, 100),
         "train_steps": (8_000, 4_000, 50),
         "batch_size": (128, 64, 32),
+        "lr": (1e-3, 2e-3, 1e-3),
         # samples per guidance weight w in the trade-off sweep (balanced over the 5 classes)
         "n_samples": (500, 200, 10),
         # test images that FID compares with

@@ -175,7 +175,7 @@ def test_unet_shapes(cls, image_channels, image_size, channels):
 
 @pytest.mark.parametrize("switches", [
     dict(norm="batch"), dict(activation="relu"), dict(pool="max"), dict(time_embedding="mlp"),
-    dict(residual=False), dict(upsample="nearest"),
+    dict(residual=False), dict(upsample="transpose"),
 ])
 def test_unet_switches(switches):
     model = UNet(image_channels=1, channels=TINY, image_size=16, T=50, **switches)
@@ -285,7 +285,7 @@ def test_config_includes_defaults_and_rebuilds():
     assert model.config == {
         "name": "unet", "image_channels": 3, "channels": [8, 16], "image_size": 16, "T": 1000, "norm": "group",
         "activation": "gelu", "pool": "rearrange", "time_embedding": "sinusoidal", "residual": True,
-        "upsample": "transpose",
+        "upsample": "nearest",
     }
     assert TimeUNet(channels=TINY, image_size=16).config["name"] == "time_unet"  # subclass keeps its own name
     rebuilt = build(model.config)
@@ -346,3 +346,30 @@ def test_register_requires_json_arguments(monkeypatch):
         Linear(shape={2, 3})
     with pytest.raises(ValueError, match="model: expected a module of a registered architecture"):
         save_model(torch.nn.Linear(2, 3), "unused")
+
+
+def test_optimised_defaults_are_lesson_03s_switches():
+    """UNet and ConditionalUNet default to every lesson-03 optimisation, nearest upsampling included."""
+    from dlcourse.benchmark import OPTIMISED
+
+    for cls in (UNet, ConditionalUNet):
+        config = cls(channels=TINY, image_size=16, T=50).config
+        assert {k: config[k] for k in OPTIMISED} == OPTIMISED, cls.__name__
+
+
+def test_conditional_unet_conditions_the_encoder_by_default():
+    torch.manual_seed(0)
+    model = ConditionalUNet(channels=TINY, image_size=16, T=50, context_dim=5).eval()
+    plain = ConditionalUNet(channels=TINY, image_size=16, T=50, context_dim=5, condition_encoder=False)
+    assert model.config["condition_encoder"] is True and plain.config["condition_encoder"] is False
+    extra = count_parameters(model) - count_parameters(plain)
+    assert len(model.encoder_context_mlps) == len(model.encoder_time_mlps) == len(TINY) and extra > 0
+    # the encoder modulation is used: perturbing one encoder context MLP changes the output
+    x, t, c = torch.randn(2, 3, 16, 16), torch.tensor([3, 40]), torch.eye(5)[:2]
+    with torch.no_grad():
+        before = model(x, t, c)
+        for p in model.encoder_context_mlps[0].parameters():
+            p.add_(0.5)
+        assert not torch.allclose(before, model(x, t, c))
+    with pytest.raises(ValueError, match="condition_encoder: expected True or False"):
+        ConditionalUNet(channels=TINY, image_size=16, condition_encoder="yes")

@@ -81,12 +81,15 @@ class _UNetSkeleton(nn.Module):
         if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             raise fail(owner, f"images of {self.image_size}×{self.image_size}", describe(x))
 
-    def _decode(self, x: torch.Tensor, modulate=None) -> torch.Tensor:
-        """Run the U-Net; ``modulate(level, h)`` (level 0 = deepest) transforms h before each up block."""
+    def _decode(self, x: torch.Tensor, modulate=None, modulate_down=None) -> torch.Tensor:
+        """Run the U-Net; ``modulate(level, h)`` (level 0 = deepest) transforms h before each up block,
+        ``modulate_down(i, h)`` the output of down block i (before it is kept as a skip)."""
         first = self.stem(x)
         h, skips = first, []
-        for down in self.downs:
+        for i, down in enumerate(self.downs):
             h = down(h)
+            if modulate_down is not None:
+                h = modulate_down(i, h)
             skips.append(h)
         h = self.bottleneck(h)
         for level, up in enumerate(self.ups):
@@ -132,7 +135,7 @@ class UNet(_UNetSkeleton):
 
     def __init__(self, image_channels: int = 3, channels=(64, 128, 256), image_size: int = 32, T: int = 1000,
                  norm: str = "group", activation: str = "gelu", pool: str = "rearrange",
-                 time_embedding: str = "sinusoidal", residual: bool = True, upsample: str = "transpose"):
+                 time_embedding: str = "sinusoidal", residual: bool = True, upsample: str = "nearest"):
         super().__init__(image_channels, channels, image_size, norm=norm, activation=activation, pool=pool,
                          residual=residual, upsample=upsample)
         self.T = check_positive_int(T, "T")
@@ -155,13 +158,17 @@ class UNet(_UNetSkeleton):
         if t.numel() and (int(t.min()) < 0 or int(t.max()) > self.T - 1):
             raise fail(owner, expected, f"values from {int(t.min())} to {int(t.max())}")
 
-    def _time_codes(self, t: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
-        """e_t per decoder level, each (N, c_i)."""
+    def _time_code(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """The code of t the time MLPs read: sinusoidal(t), or t/T as one number."""
         if self.time_embedding == "sinusoidal":
             code = self.sinusoidal(t)
         else:
             code = (t.to(torch.float32) / self.T)[:, None]
-        code = code.to(dtype)
+        return code.to(dtype)
+
+    def _time_codes(self, t: torch.Tensor, dtype: torch.dtype) -> list[torch.Tensor]:
+        """e_t per decoder level, each (N, c_i)."""
+        code = self._time_code(t, dtype)
         return [mlp(code) for mlp in self.time_mlps]
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -189,15 +196,25 @@ class ConditionalUNet(UNet):
     Per decoder level, EmbedMLP(c) gives (γ_c, β_c) and
     h ← h·(1 + γ_c) + β_c + e_t (FiLM plus the time embedding). The MLP biases make
     c = 0 a distinct input, so the same network learns the unconditional ε_θ(x_t, t).
+    ``condition_encoder=True`` (default) applies the same modulation, with MLPs of its own, to the
+    output of every down block too, so t and c shape the features from the first layers on.
     """
 
     def __init__(self, image_channels: int = 3, channels=(64, 128, 256), image_size: int = 32, T: int = 1000,
                  context_dim: int = 5, norm: str = "group", activation: str = "gelu", pool: str = "rearrange",
-                 time_embedding: str = "sinusoidal", residual: bool = True, upsample: str = "transpose"):
+                 time_embedding: str = "sinusoidal", residual: bool = True, upsample: str = "nearest",
+                 condition_encoder: bool = True):
         super().__init__(image_channels, channels, image_size, T, norm=norm, activation=activation, pool=pool,
                          time_embedding=time_embedding, residual=residual, upsample=upsample)
         self.context_dim = check_positive_int(context_dim, "context_dim")
         self.context_mlps = nn.ModuleList(EmbedMLP(context_dim, 2 * ch) for ch in self.decoder_channels)
+        if not isinstance(condition_encoder, bool):
+            raise fail("condition_encoder", "True or False", describe(condition_encoder))
+        self.condition_encoder = condition_encoder
+        if condition_encoder:
+            time_dim = self.time_mlps[0].in_dim
+            self.encoder_time_mlps = nn.ModuleList(EmbedMLP(time_dim, ch) for ch in self.channels)
+            self.encoder_context_mlps = nn.ModuleList(EmbedMLP(context_dim, 2 * ch) for ch in self.channels)
 
     def _context(self, c, c_mask, x: torch.Tensor) -> torch.Tensor:
         n, owner = x.shape[0], f"ConditionalUNet(context_dim={self.context_dim})"
@@ -228,4 +245,13 @@ class ConditionalUNet(UNet):
             gamma, beta = films[level]
             return h * (1 + gamma) + beta + e_t[level][:, :, None, None]
 
-        return self._decode(x, modulate)
+        if not self.condition_encoder:
+            return self._decode(x, modulate)
+        code = self._time_code(t, x.dtype)
+        down_films = [mlp(c)[:, :, None, None].chunk(2, dim=1) for mlp in self.encoder_context_mlps]
+
+        def modulate_down(i: int, h: torch.Tensor) -> torch.Tensor:
+            gamma, beta = down_films[i]
+            return h * (1 + gamma) + beta + self.encoder_time_mlps[i](code)[:, :, None, None]
+
+        return self._decode(x, modulate, modulate_down)

@@ -1,0 +1,144 @@
+"""Reference models: the lessons' own models, trained at the CPU budget and shipped with the package.
+
+A student whose training went wrong, or who has no time, still sees what a lesson is about:
+
+    ref = dlcourse.pretrained.load("04_cfg")        # ref.model (eval mode), ref.schedule, ref.info
+    x = ddim_sample(guided_eps_fn(ref.model, c, w=2.0), ref.schedule, shape)
+
+Each reference is a folder ``model.safetensors`` + ``config.json`` (the model registry's format)
++ ``reference.json``: the schedule (scaled linear betas, T), the budget, machine and date it was
+trained on, and ``check``: scores that :func:`score` recomputes from the shipped weights (the
+tests do, so a reference that no longer scores what the results page says fails CI).
+The notebooks write their model with :func:`save_reference`; ``dlcourse results
+--update-references`` copies those folders here.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from dlcourse.validation import describe, fail
+
+__all__ = ["REFERENCES", "WEIGHTS", "available", "load", "save_reference", "score"]
+
+WEIGHTS = Path(__file__).resolve().parent / "weights" / "reference"
+
+# name -> (lesson, what it is, kind): "unconditional" models are scored by FID, "class" models by
+# class accuracy and FID of guided samples at the weight w stored in their reference.json.
+REFERENCES: dict[str, tuple[str, str, str]] = {
+    "02_ddpm": ("02_ddpm", "lesson 02's TimeUNet, unconditional DDPM", "unconditional"),
+    "03_optimised": ("03_optimizations", "lesson 03's optimised UNet, unconditional", "unconditional"),
+    "04_cfg": ("04_classifier_free_guidance", "lesson 04's ConditionalUNet, 5 classes, trained for CFG", "class"),
+}
+
+# the regression check: small enough for a CPU test, fixed seeds, DDIM with x̂_0 clipping
+CHECK = {"n": 100, "steps": 25, "seed": 0}
+
+
+def _check_name(name) -> str:
+    if name not in REFERENCES:
+        raise fail("name", f"one of {sorted(REFERENCES)}", describe(name))
+    return name
+
+
+def available() -> list[str]:
+    """Names of the references whose weights ship with this copy of the package."""
+    return [name for name in REFERENCES if (WEIGHTS / name / "reference.json").is_file()]
+
+
+def _schedule(T: int):
+    from dlcourse.schedules import Schedule, scaled_linear_betas
+
+    return Schedule(scaled_linear_betas(T))
+
+
+def score(model, schedule, kind: str, *, n: int = CHECK["n"], steps: int = CHECK["steps"], seed: int = CHECK["seed"],
+          w: float = 0.0, image_size: int | None = None, device=None) -> dict:
+    """Sample ``n`` images (DDIM, ``steps`` steps, η = 0, x̂_0 clipped, generator seeded with
+    ``seed``) and score them with the shipped evaluator against the test split:
+    FID for every kind, and for ``kind="class"`` (balanced classes, guidance weight ``w``) the
+    class accuracy and within-class diversity."""
+    from dlcourse.data import load_flowers
+    from dlcourse.guidance import guided_eps_fn, one_hot
+    from dlcourse.metrics import class_accuracy, diversity, frechet_distance, load_evaluator
+    from dlcourse.sampling import ddim_sample
+
+    if kind not in ("unconditional", "class"):
+        raise fail("kind", "'unconditional' or 'class'", describe(kind))
+    size = image_size or model.config["image_size"]
+    device = device or next(model.parameters()).device
+    schedule = schedule.to(device)
+    evaluator = load_evaluator(device)
+    test = load_flowers("test", image_size=size, n=2000, progress=False)
+    shape = (n, 3, size, size)
+    generator = torch.Generator().manual_seed(seed)
+    model.eval()
+    if kind == "class":
+        labels = torch.arange(n) % len(test.classes)
+        eps_fn = guided_eps_fn(model, one_hot(labels, len(test.classes)).to(device), w)
+    else:
+        eps_fn = model
+    x = ddim_sample(eps_fn, schedule, shape, steps=steps, generator=generator, device=device, progress=False)
+    x = x.clamp(-1, 1)
+    out = {"FID": frechet_distance(evaluator.features(x), evaluator.features(test.images))}
+    if kind == "class":
+        out["accuracy"] = class_accuracy(x, labels, evaluator)
+        out["diversity"] = diversity(x, labels, evaluator)
+    return out
+
+
+def save_reference(name: str, model, schedule, *, folder=None, w: float = 0.0, notes: dict | None = None) -> Path:
+    """Save ``model`` as reference ``name`` into ``folder`` (default ``runs/reference/NAME``) with its
+    schedule, the budget in force, the machine and date, and its :func:`score` at the check settings
+    (guidance weight ``w`` for class models). ``notes``: extra JSON-able facts (e.g. the lesson's
+    measured numbers). Returns the folder."""
+    from dlcourse import config
+    from dlcourse.models import count_parameters, save_model
+
+    _check_name(name)
+    folder = Path(folder) if folder is not None else Path("runs") / "reference" / name
+    model = model.eval()
+    save_model(model, folder)
+    kind = REFERENCES[name][2]
+    info = {
+        "name": name,
+        "lesson": REFERENCES[name][0],
+        "description": REFERENCES[name][1],
+        "kind": kind,
+        "parameters": count_parameters(model),
+        "schedule": {"betas": "scaled_linear", "T": schedule.T},
+        "budget": config.mode(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip() + f", torch {torch.__version__}",
+        "device": str(next(model.parameters()).device),
+        "date": time.strftime("%Y-%m-%d"),
+        "check": {**CHECK, "w": w, "scores": score(model, schedule, kind, w=w, **CHECK)},
+        "notes": notes or {},
+    }
+    from dlcourse.files import write_atomically
+
+    write_atomically(folder / "reference.json",
+                     lambda p: Path(p).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n"))
+    return folder
+
+
+def load(name: str, device=None) -> SimpleNamespace:
+    """The shipped reference ``name`` (see :data:`REFERENCES`): ``.model`` (eval mode, on ``device``,
+    default :func:`dlcourse.get_device`), ``.schedule`` (on the same device) and ``.info``."""
+    from dlcourse import get_device
+    from dlcourse.models import load_model
+
+    _check_name(name)
+    folder = WEIGHTS / name
+    if not (folder / "reference.json").is_file():
+        raise FileNotFoundError(
+            f"reference {name!r} is not shipped with this copy of dlcourse ({folder} is missing); "
+            f"rebuild it with `dlcourse results --budget cpu --update-references`, or reinstall the package")
+    info = json.loads((folder / "reference.json").read_text())
+    device = torch.device(device) if device is not None else get_device()
+    model = load_model(folder, device=device).eval()
+    return SimpleNamespace(model=model, schedule=_schedule(info["schedule"]["T"]).to(device), info=info)
