@@ -29,7 +29,7 @@ from dlcourse.training import train
 
 OUT = Path(__file__).resolve().parent / "reference"
 RECIPE = dict(channels=[32, 64], image_size=16, T=200, steps=4000, batch_size=64, lr=2e-3, ema_decay=0.999,
-              drop_prob=0.1, seed=0, n_images=10_000)
+              drop_prob=0.1, seed=0, n_images=10_000, upsample="transpose", condition_encoder=False)
 
 
 def flower_tensors(n: int, image_size: int) -> torch.utils.data.TensorDataset:
@@ -53,7 +53,8 @@ def main() -> int:
         noise = torch.randn_like(x0)
         return F.mse_loss(model(schedule.q_sample(x0, t, noise), t, c, c_mask), noise)
 
-    model = ConditionalUNet(channels=r["channels"], image_size=r["image_size"], T=r["T"], context_dim=CONTEXT_DIM)
+    model = ConditionalUNet(channels=r["channels"], image_size=r["image_size"], T=r["T"], context_dim=CONTEXT_DIM,
+                            upsample=r["upsample"], condition_encoder=r["condition_encoder"])
     data = flower_tensors(r["n_images"], r["image_size"])
     start = time.time()
     history = train(model, loss_fn, data, steps=r["steps"], batch_size=r["batch_size"], lr=r["lr"],
