@@ -54,3 +54,19 @@ def test_export_rejects_a_model_the_grader_would_refuse(tmp_path, notebook):
 
 def test_check_submission_names_missing_files(tmp_path):
     assert all("missing" in p for p in check_submission(tmp_path)) and len(check_submission(tmp_path)) == 4
+
+
+@pytest.mark.parametrize("name", ["assessment.ipynb", "assessment.solution.ipynb"])
+def test_notebook_code_parses_and_the_grader_finds_every_exercise(repo_root, name):
+    import ast
+
+    from dlcourse.grading.exercises import EXERCISES, module_source, read_notebook, exercise_cells
+
+    nb = read_notebook(repo_root / "assessments" / name)
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            ast.parse("".join(cell["source"]), filename=name)  # a placeholder must leave valid code
+    cells = exercise_cells(nb)
+    assert sorted(cells) == sorted(EXERCISES)
+    for exercise, source in cells.items():
+        assert f"def {exercise}(" in module_source(exercise, source)
