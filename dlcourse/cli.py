@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "results": ("run the solution notebooks at a budget and write docs/results.md with their pictures",
                 "dlcourse.results:main"),
     "benchmark": ("time training steps and sampling of the lesson-03 models (table + JSON)", "dlcourse.benchmark:main"),
+    "release": ("write what students get (no solutions, no assessment masters) into OUT_DIR", "dlcourse.release:main"),
+    "grade": ("grade a folder of assessment submissions into a gradebook CSV and HTML reports", "dlcourse.grading:main"),
 }
 
 

@@ -113,6 +113,21 @@ BUDGETS: dict[str, dict[str, tuple]] = {
         # repeats per timing of batched vs two-pass guidance (the minimum is reported)
         "timing_repeats": (5, 3, 1),
     },
+    "assessment": {
+        # the student's model (assessments/assessment.ipynb): trained on class + petal colour
+        "n_images": (10_000, 10_000, 512),
+        "image_size": (32, 16, 16),
+        "channels": ((64, 128, 256), (32, 64), (16, 32)),
+        "T": (1000, 200, 100),
+        "train_steps": (8_000, 4_000, 40),
+        "batch_size": (128, 64, 32),
+        # the grader: samples per (class, colour) pair (15 pairs), DDIM steps, training images for the
+        # near-copy check, test images for FID
+        "n_per_pair": (40, 20, 8),
+        "sampling_steps": (50, 50, 25),
+        "n_train_features": (10_000, 2_000, 1_000),
+        "n_test": (2_000, 1_000, 300),
+    },
 }
 
 

@@ -1,0 +1,106 @@
+"""The graded assessment: its context encoding, its schedule, and the student's ``export``.
+
+The assessment model is ε_θ(x_t, t, c) with c = [one_hot(class, 5); one_hot(petal colour, 6)]
+(``context_dim = 11``), trained on the procedural flowers and sampled by the grader with
+classifier-free guidance at the student's w. Both sides import from here, so the notebook and
+the grader agree on what c means and which (class, colour) pairs exist.
+
+A submission folder (written by :func:`export`) holds:
+
+- the student's notebook (``assessment.ipynb``),
+- ``model.safetensors`` + ``config.json`` (a registered architecture, see ``dlcourse.models``),
+- ``answers.json``: ``{"w": <guidance weight>, "answers": {question: short text}}``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from .data.flowers import _CLASS_PETALS, CLASSES, PETAL_COLOURS
+from .files import write_atomically
+from .guidance import one_hot
+from .schedules import Schedule, scaled_linear_betas
+from .validation import describe, fail
+
+__all__ = ["CONTEXT_DIM", "PAIRS", "NOTEBOOK_FILE", "ANSWERS_FILE", "W_RANGE", "flower_context",
+           "assessment_schedule", "export", "check_submission"]
+
+CONTEXT_DIM = len(CLASSES) + len(PETAL_COLOURS)
+# (class index, petal-colour index) for every colour a class can take in the data: "red tulip", ...
+PAIRS: tuple[tuple[int, int], ...] = tuple(
+    (k, PETAL_COLOURS.index(colour)) for k, name in enumerate(CLASSES) for colour in _CLASS_PETALS[name]
+)
+NOTEBOOK_FILE = "assessment.ipynb"
+ANSWERS_FILE = "answers.json"
+W_RANGE = (-1.0, 10.0)
+
+
+def flower_context(labels: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
+    """c = [one_hot(labels, 5); one_hot(colours, 6)]: float (N, 11)."""
+    return torch.cat([one_hot(labels, len(CLASSES)), one_hot(colours, len(PETAL_COLOURS))], dim=1)
+
+
+def assessment_schedule(T: int) -> Schedule:
+    """The schedule the grader samples with: linear betas scaled to T steps (``scaled_linear_betas(T)``)."""
+    return Schedule(scaled_linear_betas(T))
+
+
+def _check_w(w) -> float:
+    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) \
+            or not W_RANGE[0] <= w <= W_RANGE[1]:
+        raise fail("w", f"a number in [{W_RANGE[0]:g}, {W_RANGE[1]:g}] (the guidance weight)", describe(w))
+    return float(w)
+
+
+def check_submission(folder: str | os.PathLike) -> list[str]:
+    """Problems that would stop the grader reading ``folder`` (empty list: ready to hand in)."""
+    from .models.registry import CONFIG_FILE, WEIGHTS_FILE
+
+    folder = Path(folder)
+    problems = [f"{folder / name}: missing" for name in (NOTEBOOK_FILE, CONFIG_FILE, WEIGHTS_FILE, ANSWERS_FILE)
+                if not (folder / name).is_file()]
+    if problems:
+        return problems
+    try:
+        from .grading.model import load_submission_model
+
+        load_submission_model(folder)
+        answers = json.loads((folder / ANSWERS_FILE).read_text(encoding="utf-8"))
+        _check_w(answers.get("w"))
+    except (ValueError, OSError) as error:
+        problems.append(str(error))
+    return problems
+
+
+def export(folder: str | os.PathLike, model: torch.nn.Module, *, w: float, notebook: str | os.PathLike,
+           answers: dict[str, str] | None = None) -> Path:
+    """Write the submission ``folder``: ``notebook`` (your saved .ipynb), the model, and answers.json.
+
+    ``w`` is the guidance weight the grader samples with; ``answers`` maps question ids to short text.
+    Checks the folder as the grader will and raises ValueError listing every problem.
+    """
+    from .models.registry import save_model
+
+    w = _check_w(w)
+    notebook = Path(notebook)
+    if not notebook.is_file() or notebook.suffix != ".ipynb":
+        raise fail("notebook", "the path of your saved assessment notebook (.ipynb; save it first: Ctrl+S)",
+                   repr(str(notebook)))
+    answers = {} if answers is None else answers
+    if not isinstance(answers, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                for k, v in answers.items()):
+        raise fail("answers", "a dict {question id: short text}", describe(answers))
+    folder = Path(folder)
+    save_model(model, folder)
+    write_atomically(folder / NOTEBOOK_FILE, lambda temp: shutil.copyfile(notebook, temp))
+    text = json.dumps({"w": w, "answers": answers}, indent=2, sort_keys=True) + "\n"
+    write_atomically(folder / ANSWERS_FILE, lambda temp: Path(temp).write_text(text, encoding="utf-8"))
+    problems = check_submission(folder)
+    if problems:
+        raise ValueError(f"{folder}: not ready to hand in:\n  " + "\n  ".join(problems))
+    return folder

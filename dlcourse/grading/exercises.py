@@ -1,0 +1,278 @@
+"""The function part: find the exercise cells, run them on hidden inputs in the sandbox, compare.
+
+Each exercise cell of the assessment carries the tag ``exercise:NAME`` and starts with the line
+``# exercise: NAME``; either finds it, wherever the student moved it. Only its imports and
+function definitions are taken (top-level statements never run). Outputs come back as ``.npy``
+and are compared here: dtype kind and shape first, then values with tolerances. A student
+object is never called or compared in the grader process.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..guidance import guided_eps_fn
+from ..schedules import Schedule, scaled_linear_betas
+from . import sandbox
+from ._child import FATAL_EXIT, probe_model
+
+EXERCISES = ("forward_coefficients", "q_sample", "reverse_step", "drop_context", "guided_eps")
+TAG_PREFIX = "exercise:"
+_MARKER_RE = re.compile(r"^\s*#\s*exercise:\s*(\w+)\s*$", re.MULTILINE)
+_PREAMBLE = "import math\nimport numpy as np\nimport torch\nimport torch.nn.functional as F\n\n"
+NOTEBOOK_CAP = 8 * 2**20
+CHILD = Path(__file__).resolve().parent / "_child.py"
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+
+
+class SubmissionError(ValueError):
+    """A submission the grader cannot read as handed in (status ``invalid``)."""
+
+
+@dataclass
+class ExerciseResult:
+    name: str
+    passed: bool
+    message: str
+
+
+@dataclass
+class FunctionPart:
+    """Result of the function part: ``status`` is ok, failed, timeout or crashed."""
+
+    status: str
+    results: list[ExerciseResult] = field(default_factory=list)
+    reason: str = ""
+    seconds: float = 0.0
+
+    @property
+    def score(self) -> float:
+        return sum(r.passed for r in self.results) / len(EXERCISES)
+
+
+# ------------------------------------------------------------------ notebook
+def read_notebook(path: Path) -> dict:
+    """The notebook JSON (size-capped, UTF-8); SubmissionError when it is not one."""
+    if not path.is_file():
+        raise SubmissionError(f"{path.name}: missing (export the submission with dlcourse.assessment.export)")
+    if path.stat().st_size > NOTEBOOK_CAP:
+        raise SubmissionError(f"{path.name}: {path.stat().st_size} bytes, over the {NOTEBOOK_CAP} byte cap "
+                              "(clear the outputs, save, and export again)")
+    try:
+        nb = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SubmissionError(f"{path.name}: not a notebook ({error})") from None
+    if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
+        raise SubmissionError(f"{path.name}: not a notebook (no list of cells)")
+    return nb
+
+
+def _source(cell: dict) -> str:
+    source = cell.get("source", "")
+    return "".join(source) if isinstance(source, list) else str(source)
+
+
+def exercise_cells(nb: dict) -> dict[str, str]:
+    """{exercise name: source of its cell}, found by tag or marker line; SubmissionError if one is missing."""
+    found: dict[str, str] = {}
+    for cell in nb["cells"]:
+        if not isinstance(cell, dict) or cell.get("cell_type") != "code":
+            continue
+        source = _source(cell)
+        tags = cell.get("metadata", {}).get("tags", []) if isinstance(cell.get("metadata"), dict) else []
+        names = {t[len(TAG_PREFIX):] for t in tags if isinstance(t, str) and t.startswith(TAG_PREFIX)}
+        names |= set(_MARKER_RE.findall(source))
+        for name in names & set(EXERCISES):
+            found.setdefault(name, source)
+    missing = [name for name in EXERCISES if name not in found]
+    if missing:
+        raise SubmissionError(f"exercise cell(s) {', '.join(missing)} not found (each starts with "
+                              "'# exercise: NAME'; restore the cell from the handed-out notebook)")
+    return found
+
+
+def module_source(name: str, cell: str) -> str:
+    """The cell's imports and function definitions as a module; SyntaxError as the student wrote it."""
+    lines = [line for line in cell.split("\n") if not line.lstrip().startswith(("%", "!"))]  # IPython magics
+    tree = ast.parse("\n".join(lines), filename=f"exercise cell {name}")
+    kept = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef))]
+    if not any(isinstance(node, ast.FunctionDef) and node.name == name for node in kept):
+        raise SubmissionError(f"exercise cell {name}: it no longer defines {name}() "
+                              "(keep the function name and signature of the handed-out notebook)")
+    return _PREAMBLE + ast.unparse(ast.Module(body=kept, type_ignores=[])) + "\n"
+
+
+# ------------------------------------------------------------------ hidden inputs and references
+def hidden_inputs(seed: int) -> dict[str, dict]:
+    """The inputs each exercise is called with (never shown in the notebook; ``seed`` is a grading setting)."""
+    g = torch.Generator().manual_seed(seed)
+    T = 37 + seed % 50
+    betas = scaled_linear_betas(T).double()
+    alpha_bars = torch.cumprod(1 - betas, 0)
+    n = 6
+    x = torch.randn(n, 3, 5, 7, generator=g, dtype=torch.float64)
+    t = torch.randint(0, T, (n,), generator=g)
+    t[0] = 0
+    c = torch.cat([torch.eye(5)[torch.randint(0, 5, (n,), generator=g)],
+                   torch.eye(6)[torch.randint(0, 6, (n,), generator=g)]], 1).double()
+    many = torch.rand(4000, 11, generator=g, dtype=torch.float64) + 0.5
+    return {
+        "forward_coefficients": {"betas": betas},
+        "q_sample": {"x0": x, "t": t, "noise": torch.randn(x.shape, generator=g, dtype=torch.float64),
+                     "alpha_bars": alpha_bars},
+        "reverse_step": {"x_t": x, "t": t, "eps_pred": torch.randn(x.shape, generator=g, dtype=torch.float64),
+                         "noise": torch.randn(x.shape, generator=g, dtype=torch.float64), "betas": betas,
+                         "alpha_bars": alpha_bars},
+        "drop_context": {"c": many, "drop_prob": 0.1 + 0.2 * (seed % 3) / 2, "seed": seed + 1},
+        "guided_eps": {"x_t": x.float(), "t": t, "c": c.float(), "w": 1.5 + seed % 4},
+    }
+
+
+def references(inputs: dict[str, dict]) -> dict[str, dict[str, np.ndarray]]:
+    """Expected outputs, from the package's own definitions."""
+    schedule = Schedule(inputs["forward_coefficients"]["betas"], dtype=torch.float64)  # all share these betas
+    qs, rs, ge = inputs["q_sample"], inputs["reverse_step"], inputs["guided_eps"]
+    return {
+        "forward_coefficients": {"alphas": schedule.alphas.numpy(), "alpha_bars": schedule.alpha_bars.numpy()},
+        "q_sample": {"out": schedule.q_sample(qs["x0"], qs["t"], qs["noise"]).numpy()},
+        "reverse_step": {"out": schedule.ddpm_step(rs["x_t"], rs["t"], rs["eps_pred"], rs["noise"]).numpy()},
+        "guided_eps": {"out": guided_eps_fn(probe_model, ge["c"], ge["w"])(ge["x_t"], ge["t"]).numpy()},
+    }
+
+
+def _compare(got: np.ndarray, expected: np.ndarray, what: str, tol: float) -> str | None:
+    """None when equal within tolerance, else what is wrong (dtype kind and shape checked first)."""
+    if got.dtype.kind != "f":
+        return f"{what}: expected floating-point values, got dtype {got.dtype}"
+    if got.shape != expected.shape:
+        return f"{what}: expected shape {expected.shape}, got {got.shape}"
+    if not np.isfinite(got).all():
+        return f"{what}: contains NaN or inf"
+    error = float(np.max(np.abs(got.astype(np.float64) - expected)))
+    if error > tol * (1 + float(np.max(np.abs(expected)))):
+        return f"{what}: wrong values on the hidden inputs (largest difference {error:.3g})"
+    return None
+
+
+def _check_drop_context(got: np.ndarray, c: np.ndarray, drop_prob: float) -> str | None:
+    """Whole rows dropped with probability drop_prob: each row is c_i or all zeros, the rate is right."""
+    if got.dtype.kind != "f" or got.shape != c.shape:
+        return f"drop_context: expected a float array of shape {c.shape}, got {got.dtype} {got.shape}"
+    kept = np.all(np.abs(got - c) < 1e-5, axis=1)
+    dropped = np.all(got == 0, axis=1)
+    if not np.all(kept | dropped):
+        return "drop_context: some rows are neither kept whole nor zeroed whole (drop the whole context)"
+    n, rate = len(c), float(dropped.mean())
+    sigma = (drop_prob * (1 - drop_prob) / n) ** 0.5
+    if abs(rate - drop_prob) > 5 * sigma:
+        return f"drop_context: dropped {rate:.3f} of the rows, expected about drop_prob = {drop_prob:.3f}"
+    return None
+
+
+def compare_outputs(name: str, outdir: Path, inputs: dict, expected: dict, tol: float) -> str | None:
+    """None when exercise ``name`` passed, else a message for the student."""
+    record_path = outdir / f"{name}.json"
+    if not record_path.is_file():
+        return f"{name}: no result (the process ended inside it)"
+    record = json.loads(record_path.read_text(encoding="utf-8"))
+    if not isinstance(record, dict):
+        return f"{name}: no result"
+    if record.get("error"):
+        return f"{name} raised {str(record['error'])[:300]}"
+    keys = ("alphas", "alpha_bars") if name == "forward_coefficients" else ("out",)
+    for key in keys:
+        path = outdir / f"{name}.{key}.npy"
+        try:
+            got = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            return f"{name}: unreadable output {key} ({str(error)[:100]})"
+        if name == "drop_context":
+            spec = inputs[name]
+            return _check_drop_context(got, spec["c"].numpy(), spec["drop_prob"])
+        problem = _compare(got, expected[name][key], f"{name} ({key})" if len(keys) > 1 else name, tol)
+        if problem:
+            return problem
+    if name == "guided_eps":
+        batches, n = record.get("batches"), inputs[name]["x_t"].shape[0]
+        if batches != [2 * n]:
+            return (f"guided_eps: called the model with batches {batches}; expected one call on both contexts "
+                    f"together ([{2 * n}])")
+    return None
+
+
+# ------------------------------------------------------------------ the part
+def code_fingerprint(modules: dict[str, str | Exception]) -> str:
+    text = json.dumps({k: str(v) for k, v in sorted(modules.items())})
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def prepare(nb: dict) -> dict[str, str | Exception]:
+    """{name: module source, or the SyntaxError raised by the student's cell}; SubmissionError if a cell is gone."""
+    modules: dict[str, str | Exception] = {}
+    for name, cell in exercise_cells(nb).items():
+        try:
+            modules[name] = module_source(name, cell)
+        except SyntaxError as error:
+            modules[name] = SyntaxError(f"SyntaxError in the {name} cell, line {error.lineno}: {error.msg}")
+    return modules
+
+
+def grade_functions(modules: dict[str, str | Exception], *, seed: int, time_limit: float, memory_mb: int,
+                    tol: float = 1e-4) -> FunctionPart:
+    """Run the exercise modules in a sandbox on the hidden inputs of ``seed`` and compare the outputs."""
+    inputs = hidden_inputs(seed)
+    expected = references(inputs)
+    with tempfile.TemporaryDirectory(prefix="dlcourse-grade-") as temp:
+        workdir = Path(temp) / "work"
+        workdir.mkdir()
+        job: dict[str, dict] = {}
+        for name in EXERCISES:
+            if isinstance(modules[name], Exception):
+                continue
+            (workdir / f"ex_{name}.py").write_text(modules[name], encoding="utf-8")
+            spec = {}
+            for key, value in inputs[name].items():
+                if isinstance(value, torch.Tensor):
+                    np.save(workdir / f"{name}.{key}.npy", value.numpy(), allow_pickle=False)
+                    spec[key] = {"npy": f"{name}.{key}.npy"}
+                else:
+                    spec[key] = value
+            job[name] = spec
+        (workdir / "job.json").write_text(json.dumps(job), encoding="utf-8")
+        result = sandbox.run(sandbox.python_argv(CHILD, str(workdir), PACKAGE_PARENT), workdir,
+                             time_limit=time_limit, memory_mb=memory_mb)
+        outdir = workdir / "out"
+        try:
+            if result.timed_out:
+                return FunctionPart("timeout", reason=f"the exercise code ran past the {time_limit:g} s limit",
+                                    seconds=result.seconds)
+            fatal = outdir / "fatal.json"
+            if result.returncode == FATAL_EXIT and fatal.is_file():
+                reason = json.loads(fatal.read_text(encoding="utf-8")).get("reason", "memory limit")
+                return FunctionPart("crashed", reason=f"{reason} ({memory_mb} MiB)"[:200], seconds=result.seconds)
+            if result.returncode != 0 or not (outdir / "done.json").is_file():
+                how = (f"killed by signal {-result.returncode}" if result.returncode and result.returncode < 0
+                       else f"exit status {result.returncode}")
+                return FunctionPart("crashed", reason=f"the exercise code ended the process early ({how}; "
+                                    "sys.exit, os._exit or a resource limit)", seconds=result.seconds)
+            results = []
+            for name in EXERCISES:
+                if isinstance(modules[name], Exception):
+                    results.append(ExerciseResult(name, False, str(modules[name])))
+                    continue
+                problem = compare_outputs(name, outdir, inputs, expected, tol)
+                results.append(ExerciseResult(name, problem is None, problem or f"{name}: correct"))
+        finally:
+            sandbox.remove_tree(workdir)
+    status = "ok" if all(r.passed for r in results) else "failed"
+    failed = [r.name for r in results if not r.passed]
+    return FunctionPart(status, results, reason=f"wrong: {', '.join(failed)}" if failed else "",
+                        seconds=result.seconds)

@@ -1,0 +1,103 @@
+"""Feedback: one HTML report per student, the gradebook CSV, a summary table and a histogram of totals."""
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..assessment import PAIRS
+from ..data import CLASSES, PETAL_COLOURS
+from ..files import write_atomically
+from ..plotting import image_grid
+
+COLUMNS = ("id", "status", "functions", "model", "total", "class_accuracy", "colour_accuracy", "fid",
+           "diversity", "copy_fraction", "w", "seconds", "reason")
+STATUSES = ("ok", "failed", "timeout", "crashed", "invalid")
+
+
+def sample_grid_png(samples, n_per_pair: int, scale: int = 4) -> bytes:
+    """PNG of the grader's samples: one row per (class, colour) pair, ``n_per_pair`` per row, upscaled."""
+    grid = (image_grid(samples, nrow=n_per_pair, padding=1) * 255).round().astype(np.uint8)
+    image = Image.fromarray(grid)
+    image = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _rows_html(rows: list[tuple[str, str]]) -> str:
+    return "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>" for k, v in rows)
+
+
+def student_html(row: dict, messages: list[str], answers: dict, grid_png: bytes | None, per_class: dict) -> str:
+    """A self-contained HTML page: part results, messages, per-class accuracy, written answers, samples."""
+    summary = _rows_html([(k, str(row.get(k, ""))) for k in COLUMNS])
+    notes = "".join(f"<li>{html.escape(m)}</li>" for m in messages)
+    classes = _rows_html([(k, f"{v:.2f}") for k, v in per_class.items()])
+    written = _rows_html([(str(k)[:80], str(v)[:2000]) for k, v in answers.items()])
+    labels = ", ".join(f"{CLASSES[k]}/{PETAL_COLOURS[c]}" for k, c in PAIRS)
+    image = ("<p>Rows, top to bottom: " + html.escape(labels) + "</p><img alt='samples drawn by the grader' "
+             f"src='data:image/png;base64,{base64.b64encode(grid_png).decode()}'>") if grid_png else \
+        "<p>No samples: the model part did not run.</p>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(row['id'])}</title>"
+            "<style>body{font-family:sans-serif;max-width:60em}th{text-align:left;padding-right:1em}"
+            "img{image-rendering:pixelated}</style></head><body>"
+            f"<h1>Assessment report: {html.escape(row['id'])}</h1><table>{summary}</table>"
+            f"<h2>Messages</h2><ul>{notes}</ul><h2>Per-class accuracy</h2><table>{classes}</table>"
+            f"<h2>Written answers</h2><table>{written}</table><h2>Samples drawn by the grader</h2>{image}"
+            "</body></html>\n")
+
+
+def read_gradebook(path: Path) -> dict[str, dict]:
+    """{id: row} of an existing gradebook (empty when there is none)."""
+    if not path.is_file():
+        return {}
+    with open(path, newline="", encoding="utf-8") as f:
+        return {row["id"]: row for row in csv.DictReader(f)}
+
+
+def write_gradebook(path: Path, rows: dict[str, dict]) -> None:
+    """Write the gradebook atomically, one row per student sorted by id."""
+    def write(temp: str) -> None:
+        with open(temp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            for key in sorted(rows):
+                writer.writerow({k: rows[key].get(k, "") for k in COLUMNS})
+
+    write_atomically(path, write)
+
+
+def summary_lines(rows: dict[str, dict]) -> list[str]:
+    """Counts per status and the mean/median/min/max of totals."""
+    counts = {s: sum(r["status"] == s for r in rows.values()) for s in STATUSES}
+    totals = np.array([float(r["total"]) for r in rows.values()]) if rows else np.zeros(0)
+    lines = [f"{len(rows)} submissions: " + ", ".join(f"{s} {n}" for s, n in counts.items())]
+    if totals.size:
+        lines.append(f"total: mean {totals.mean():.1f}, median {np.median(totals):.1f}, "
+                     f"min {totals.min():.1f}, max {totals.max():.1f} (of 100)")
+    return lines
+
+
+def histogram_png(rows: dict[str, dict], path: Path) -> Path:
+    """Histogram of totals (0–100, bins of 10) as a PNG, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    totals = [float(r["total"]) for r in rows.values()]
+    figure = Figure(figsize=(5, 3), dpi=100)
+    ax = figure.subplots()
+    ax.hist(totals, bins=np.arange(0, 101, 10), color="tab:blue", edgecolor="white")
+    ax.set_xlabel("total (of 100)")
+    ax.set_ylabel("students")
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.set_title(f"Totals of {len(totals)} submissions")
+    figure.tight_layout()
+    return write_atomically(path, lambda temp: figure.savefig(temp, format="png"))
