@@ -18,7 +18,7 @@ def _slips(image_features, text_features, logit_scale) -> list[tuple[str, torch.
     """The loss as the usual mistakes compute it, each with the hint that names the mistake."""
     f, g = F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1)
     n = f.shape[0]
-    labels = torch.arange(n)
+    labels = torch.arange(n, device=f.device)
     logits = logit_scale * f @ g.T
     raw = logit_scale * image_features @ text_features.T
     return [
