@@ -200,7 +200,7 @@ def _sample_over_ws(model, schedule, c_rows: torch.Tensor, ws: list[float], n_pe
 class PromptExplorer(GuidanceExplorer):
     """A :class:`GuidanceExplorer` whose rows are text prompts: a prompt menu, a text box and the w slider.
 
-    ``add_prompt(text)`` samples a new prompt once, at every w, from the same starting noise, and keeps
+    ``add_prompt(text)`` samples a new prompt once, at every w, from the first prompt's starting noise, and keeps
     it (typing a prompt in the box and pressing Enter does the same); choosing it again is instant.
     """
 
