@@ -292,11 +292,36 @@ def _missing_weights(model_name: str, pretrained: str, open_clip, reason: str) -
                              f"To use it offline, {where}.")
 
 
+_HUB_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # the names open_clip looks for
+
+
+def _cached_weights(model_name: str, tag: str, open_clip) -> tuple[str, dict]:
+    """The local file holding the weights of (model_name, tag) and open_clip's config for them; the
+    missing-weights error when they are not on disk. Only looks at the disk (no network request)."""
+    cfg = open_clip.get_pretrained_cfg(model_name, tag)
+    if not cfg:
+        raise _missing_weights(model_name, tag, open_clip, "not a file, and not a tag open_clip knows for this model")
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, filename = os.path.split(cfg["hf_hub"])
+        for name in ([filename] if filename else list(_HUB_FILES)):
+            found = try_to_load_from_cache(repo_id, name)
+            if isinstance(found, str) and os.path.isfile(found):
+                return found, cfg
+        raise _missing_weights(model_name, tag, open_clip, f"{repo_id} is not in the Hugging Face cache")
+    target = Path("~/.cache/clip").expanduser() / os.path.basename(cfg.get("url", ""))
+    if not target.is_file():
+        raise _missing_weights(model_name, tag, open_clip, f"{target} is not a file")
+    return str(target), cfg
+
+
 def load_pretrained(model_name: str = "ViT-B-32", pretrained: str | os.PathLike = "openai",
                     device=None) -> PretrainedCLIP:
     """A real CLIP through open_clip, offline: ``pretrained`` is a weights file on disk or an open_clip
     tag (e.g. "openai", "laion2b_s34b_b79k") whose weights are already in the local Hugging Face cache.
-    Nothing is downloaded; missing weights raise FileNotFoundError saying what to fetch and where."""
+    Nothing is downloaded; missing weights raise FileNotFoundError saying what to fetch and where.
+    (OpenAI's weights given as a file need the "-quickgelu" variant of the name, e.g. "ViT-B-32-quickgelu".)"""
     try:
         import open_clip
     except ImportError as error:
@@ -314,18 +339,10 @@ def load_pretrained(model_name: str = "ViT-B-32", pretrained: str | os.PathLike 
     elif os.sep in str(pretrained) or path.suffix in (".bin", ".pt", ".pth", ".safetensors"):
         raise _missing_weights(model_name, str(pretrained), open_clip, f"{path} is not a file")
     else:
-        saved = os.environ.get("HF_HUB_OFFLINE")
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        try:
-            model = open_clip.create_model(model_name, pretrained=str(pretrained), device=device)
-        except Exception as error:  # noqa: BLE001 - offline hub errors come in several types
-            raise _missing_weights(model_name, str(pretrained), open_clip,
-                                   f"{type(error).__name__}: {str(error)[:200]}") from None
-        finally:
-            if saved is None:
-                os.environ.pop("HF_HUB_OFFLINE", None)
-            else:
-                os.environ["HF_HUB_OFFLINE"] = saved
+        weights, cfg = _cached_weights(model_name, str(pretrained), open_clip)
+        model = open_clip.create_model(model_name, pretrained=weights, device=device,
+                                       force_quick_gelu=bool(cfg.get("quick_gelu", False)))
+        model.visual.image_mean, model.visual.image_std = cfg.get("mean"), cfg.get("std")
     size = model.visual.image_size
     size = size[0] if isinstance(size, (tuple, list)) else size
     mean = getattr(model.visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN

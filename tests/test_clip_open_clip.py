@@ -63,3 +63,20 @@ def test_without_open_clip_the_error_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "open_clip", None)
     with pytest.raises(ImportError, match=r'pip install -e "\.\[clip\]"'):
         load_pretrained("ViT-B-32", "openai")
+
+
+def test_a_tag_is_loaded_from_the_local_cache_without_network(tiny_open_clip, monkeypatch):
+    open_clip, model, weights = tiny_open_clip
+    import huggingface_hub
+
+    asked = []
+    cfg = {"hf_hub": "someone/tiny-clip/", "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+    monkeypatch.setattr(open_clip, "get_pretrained_cfg", lambda name, tag: cfg if tag == "cached-tag" else {})
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache",
+                        lambda repo, name: asked.append((repo, name)) or str(weights))
+    clip = load_pretrained("dlcourse-tiny-test", "cached-tag")
+    assert asked == [("someone/tiny-clip", "open_clip_model.safetensors")]
+    images = torch.zeros(1, 3, 32, 32)  # grey: (0.5 − 0.5) / 0.25 = 0 after the tag's normalisation
+    with torch.no_grad():
+        expected = F.normalize(model.encode_image(torch.zeros(1, 3, 32, 32)), dim=-1)
+    assert torch.allclose(clip.encode_image(images), expected, atol=1e-5)
