@@ -128,6 +128,25 @@ BUDGETS: dict[str, dict[str, tuple]] = {
         "n_train_features": (10_000, 2_000, 1_000),
         "n_test": (2_000, 1_000, 300),
     },
+    "05_clip_conditioning": {
+        "n_images": (10_000, 5_000, 512),
+        "n_test": (2_000, 1_000, 200),
+        "image_size": (32, 16, 16),
+        # TinyCLIP: embedding size D, optimizer steps and batch (the batch is the N of the N×N matrix)
+        "clip_embed_dim": (64, 64, 32),
+        "clip_steps": (3_000, 800, 40),
+        "clip_batch_size": (256, 128, 64),
+        # the text-conditioned U-Net (lesson 04's ConditionalUNet with context_dim = D)
+        "channels": ((64, 128, 256), (32, 64), (16, 32)),
+        "T": (1000, 200, 100),
+        "train_steps": (8_000, 2_500, 40),
+        "batch_size": (128, 64, 32),
+        "sampling_steps": (50, 25, 5),
+        # samples per prompt in the seen / held-out measurement
+        "n_per_prompt": (100, 40, 4),
+        # samples per (w, prompt) in the prompt explorer
+        "explorer_per_prompt": (4, 2, 1),
+    },
 }
 
 

@@ -15,7 +15,7 @@ import torch
 from dlcourse.guidance import guided_eps_fn, one_hot
 from dlcourse.validation import check_choice, check_positive_int, check_real, describe, fail
 
-__all__ = ["GuidanceExplorer", "guidance_explorer"]
+__all__ = ["GuidanceExplorer", "guidance_explorer", "PromptExplorer", "prompt_explorer"]
 
 DEFAULT_WS = tuple(-2.0 + 0.5 * k for k in range(25))  # −2, −1.5, …, 10
 
@@ -150,26 +150,42 @@ def guidance_explorer(model, schedule, classes: Sequence[str], *, ws: Sequence[f
     clipped to [−1, 1] by default; "dynamic" for Imagen's thresholding, "none" for the plain
     formula, where large w saturates). Returns a :class:`GuidanceExplorer`.
     """
-    from dlcourse.sampling import ddim_sample, ddpm_sample
-
     if isinstance(classes, str) or not isinstance(classes, Sequence) or not classes:
         raise fail("classes", "a non-empty list of class names", describe(classes))
+    ws = _check_ws(ws)
+    check_positive_int(n_per_class, "n_per_class")
+    n_classes = len(classes)
+    c_rows = one_hot(torch.arange(n_classes), n_classes)
+    images = _sample_over_ws(model, schedule, c_rows, ws, n_per_class, sampler=sampler, steps=steps, seed=seed,
+                             device=device, image_shape=image_shape, progress=progress, x0_mode=x0_mode)
+    return GuidanceExplorer({w_: images[i] for i, w_ in enumerate(ws)}, classes)
+
+
+def _check_ws(ws) -> list[float]:
     ws = list(DEFAULT_WS if ws is None else ws)
     ws = [check_real(w, "ws", hint=" for every guidance weight") for w in ws]
     if not ws or len(set(ws)) != len(ws):
         raise fail("ws", "a non-empty list of distinct numbers (guidance weights w)", describe(ws))
-    ws = sorted(ws)
-    check_positive_int(n_per_class, "n_per_class")
+    return sorted(ws)
+
+
+def _sample_over_ws(model, schedule, c_rows: torch.Tensor, ws: list[float], n_per_row: int, *, sampler: str,
+                    steps: int, seed: int, device, image_shape, progress: bool, x0_mode: str) -> torch.Tensor:
+    """One batched CFG run: every w × every context row × ``n_per_row`` samples, each w from the same x_T
+    (``seed``), guided by ``guided_eps_fn`` with a per-sample w. Returns (len(ws), n_rows, n_per_row, C, H, W)
+    on cpu."""
+    from dlcourse.sampling import ddim_sample, ddpm_sample
+
     check_choice(sampler, "sampler", ("ddim", "ddpm"))
     shape = _image_shape(model, image_shape)
     if device is None:
         first = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
         device = first.device if first is not None else torch.device("cpu")
-    n_classes, per_w = len(classes), len(classes) * n_per_class
+    n_rows = c_rows.shape[0]
+    per_w = n_rows * n_per_row
     generator = torch.Generator().manual_seed(seed)
     x_T = torch.randn((per_w, *shape), generator=generator).repeat(len(ws), 1, 1, 1).to(device)
-    labels = torch.arange(n_classes).repeat_interleave(n_per_class).repeat(len(ws))
-    c = one_hot(labels, n_classes).to(device)
+    c = c_rows.repeat_interleave(n_per_row, 0).repeat(len(ws), 1).to(device)
     w = torch.tensor(ws).repeat_interleave(per_w).to(device)
     eps_fn = guided_eps_fn(model, c, w)
     if sampler == "ddim":
@@ -177,5 +193,85 @@ def guidance_explorer(model, schedule, classes: Sequence[str], *, ws: Sequence[f
     else:
         x0 = ddpm_sample(eps_fn, schedule, x_T.shape, x_T=x_T, generator=generator, progress=progress,
                          x0_mode=x0_mode)
-    x0 = x0.detach().float().cpu().reshape(len(ws), n_classes, n_per_class, *shape)
-    return GuidanceExplorer({w_: x0[i] for i, w_ in enumerate(ws)}, classes)
+    return x0.detach().float().cpu().reshape(len(ws), n_rows, n_per_row, *shape)
+
+
+class PromptExplorer(GuidanceExplorer):
+    """A :class:`GuidanceExplorer` whose rows are text prompts: a prompt menu, a text box and the w slider.
+
+    ``add_prompt(text)`` samples a new prompt once, at every w, from the first prompt's starting noise, and keeps
+    it (typing a prompt in the box and pressing Enter does the same); choosing it again is instant.
+    """
+
+    def __init__(self, images: dict[float, torch.Tensor], prompts: Sequence[str], sample_prompt=None):
+        self._sample_prompt = sample_prompt
+        super().__init__(images, prompts)
+        self.cls = self.classes[0]
+        self._png = {key: png for key, png in self._png.items() if key[1] != "all"}
+        if self.widget is not None:
+            self._dropdown.options = list(self.classes)
+            self._dropdown.value = self.cls
+            self.set()
+
+    def _caption(self) -> str:
+        return f"w = {self.w:g} (diffusers' guidance_scale = {1 + self.w:g}) · prompt: {self.cls!r}"
+
+    def _build_widget(self):
+        box = super()._build_widget()
+        if box is None:
+            return None
+        import ipywidgets as widgets
+
+        self._dropdown.description = "prompt"
+        self._text = widgets.Text(placeholder="type a prompt, press Enter", description="new")
+        self._text.continuous_update = False
+        self._text.observe(lambda change: self.add_prompt(change["new"]) if change["new"].strip() else None,
+                           names="value")
+        return widgets.VBox([widgets.HBox([self._slider, self._dropdown]), self._text, *box.children[1:]])
+
+    def add_prompt(self, text: str) -> "PromptExplorer":
+        """Sample ``text`` at every w (once; a prompt seen before is only selected) and show it."""
+        if not isinstance(text, str) or not text.strip():
+            raise fail("text", "a non-empty prompt", describe(text))
+        text = text.strip()
+        if text not in self.classes:
+            if self._sample_prompt is None:
+                raise fail("text", f"one of the pre-sampled prompts {list(self.classes)} (this explorer has "
+                           "no model to sample new ones)", repr(text))
+            new = self._sample_prompt(text)  # (len(ws), n_per_prompt, C, H, W)
+            self.images = {w: torch.cat([self.images[w], new[i][None]]) for i, w in enumerate(self.ws)}
+            self.classes = (*self.classes, text)
+            self._png.update({(w, text): self._render(w, text) for w in self.ws})
+            if self.widget is not None:
+                self._dropdown.options = list(self.classes)
+        return self.set(cls=text)
+
+    def set(self, w: float | None = None, cls: str | None = None) -> "PromptExplorer":
+        if cls == "all":
+            raise fail("cls", f"one of the prompts {list(self.classes)}", repr(cls))
+        return super().set(w=w, cls=cls)
+
+
+def prompt_explorer(model, schedule, clip, prompts: Sequence[str], *, ws: Sequence[float] | None = None,
+                    n_per_prompt: int = 4, sampler: str = "ddim", steps: int = 50, seed: int = 0, device=None,
+                    image_shape: tuple[int, int, int] | None = None, progress: bool = True,
+                    x0_mode: str = "clip") -> PromptExplorer:
+    """:func:`guidance_explorer` for text: context c = ``clip.encode_text([prompt])`` (TinyCLIP or
+    ``dlcourse.clip.load_pretrained``), every prompt at every w (default −2 … 10) in ONE batched run.
+    Prompts typed later are sampled the same way, from the same x_T, and cached."""
+    if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts or not all(
+            isinstance(p, str) and p.strip() for p in prompts):
+        raise fail("prompts", "a non-empty list of prompt strings", describe(prompts))
+    ws = _check_ws(ws)
+    check_positive_int(n_per_prompt, "n_per_prompt")
+    options = dict(sampler=sampler, steps=steps, seed=seed, device=device, image_shape=image_shape,
+                   x0_mode=x0_mode)
+
+    def sample(texts: list[str], show_progress: bool) -> torch.Tensor:
+        with torch.no_grad():
+            c_rows = clip.encode_text(list(texts)).float()
+            return _sample_over_ws(model, schedule, c_rows, ws, n_per_prompt, progress=show_progress, **options)
+
+    images = sample([p.strip() for p in prompts], progress)
+    return PromptExplorer({w: images[i] for i, w in enumerate(ws)}, [p.strip() for p in prompts],
+                          sample_prompt=lambda text: sample([text], False)[:, 0])

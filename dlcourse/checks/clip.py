@@ -1,0 +1,69 @@
+"""Self-checks for lesson 05 (CLIP): the symmetric contrastive (InfoNCE) loss."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from dlcourse.clip import contrastive_loss
+from dlcourse.validation import describe, fail
+
+from .core import CheckResult, compare
+
+__all__ = ["check_contrastive_loss"]
+
+
+def _slips(image_features, text_features, logit_scale) -> list[tuple[str, torch.Tensor]]:
+    """The loss as the usual mistakes compute it, each with the hint that names the mistake."""
+    f, g = F.normalize(image_features, dim=-1), F.normalize(text_features, dim=-1)
+    n = f.shape[0]
+    labels = torch.arange(n, device=f.device)
+    logits = logit_scale * f @ g.T
+    raw = logit_scale * image_features @ text_features.T
+    return [
+        ("only the image → text direction is there: average CE(S, labels) with CE(Sᵀ, labels), the text → image "
+         "direction.", F.cross_entropy(logits, labels)),
+        ("only the text → image direction is there: average CE(Sᵀ, labels) with CE(S, labels) as well.",
+         F.cross_entropy(logits.T, labels)),
+        ("the features are not L2-normalised: divide each row by its norm (F.normalize(x, dim=-1)) before the "
+         "dot products, so S holds cosine similarities.",
+         (F.cross_entropy(raw, labels) + F.cross_entropy(raw.T, labels)) / 2),
+        ("the temperature is applied the wrong way: logit_scale is s = 1/τ, so MULTIPLY the cosine similarities "
+         "by it (dividing by s multiplies by τ and flattens the softmax).",
+         (F.cross_entropy(f @ g.T / logit_scale, labels) + F.cross_entropy((f @ g.T / logit_scale).T, labels)) / 2),
+        ("the temperature is missing: multiply the cosine similarities by logit_scale.",
+         (F.cross_entropy(f @ g.T, labels) + F.cross_entropy(g @ f.T, labels)) / 2),
+        ("the labels must be torch.arange(N): pair i matches pair i, so the right answer of row i is column i "
+         "(not class 0, and not the flowers' class labels).",
+         (F.cross_entropy(logits, torch.zeros_like(labels)) + F.cross_entropy(logits.T, torch.zeros_like(labels))) / 2),
+        ("the loss should be the MEAN of the two cross-entropies (½ of their sum), not their sum.",
+         F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)),
+    ]
+
+
+def check_contrastive_loss(fn: Callable) -> CheckResult:
+    """``fn(image_features (N, D), text_features (N, D), logit_scale) -> scalar``: the symmetric InfoNCE
+    loss on unnormalised features, compared with ``dlcourse.clip.contrastive_loss``."""
+    if not callable(fn):
+        raise fail("fn", "your contrastive_loss function", describe(fn))
+
+    def diagnose(student_out, reference_out, args):
+        if isinstance(student_out, Exception) or not isinstance(student_out, torch.Tensor):
+            return None
+        if student_out.numel() != 1:
+            return "return one number for the batch (a 0-d tensor): the mean of the two cross-entropies."
+        for hint, value in _slips(*args):
+            if torch.allclose(student_out.detach().double().reshape(()), value.double(), atol=1e-5, rtol=1e-4):
+                return hint
+        return None
+
+    g = torch.Generator().manual_seed(5)
+    inputs = []
+    for n, d, scale in ((3, 4, 10.0), (8, 16, 14.3), (5, 2, 2.0)):
+        image = 3 * torch.randn(n, d, generator=g) + 1
+        text = 0.5 * torch.randn(n, d, generator=g) - 0.2
+        inputs.append((image, text, scale))
+    # and a tensor logit_scale, as TinyCLIP.scale() returns one
+    inputs.append((torch.randn(4, 8, generator=g), torch.randn(4, 8, generator=g), torch.tensor(7.0)))
+    return compare(fn, contrastive_loss, inputs, name="contrastive_loss", diagnose=diagnose, atol=1e-5, rtol=1e-4)
