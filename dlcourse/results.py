@@ -47,7 +47,10 @@ def _machine() -> str:
 
 
 def run_notebook(path: Path, budget: str, cwd: Path, timeout: int = 1800):
-    """Execute the notebook at ``path`` with ``DLCOURSE_BUDGET=budget`` in ``cwd``; return (notebook, seconds)."""
+    """Execute the notebook at ``path`` with ``DLCOURSE_BUDGET=budget`` in ``cwd``; return (notebook, wall
+    seconds, CPU seconds of the kernel process)."""
+    import resource
+
     import nbformat
     from nbclient import NotebookClient
 
@@ -56,9 +59,11 @@ def run_notebook(path: Path, budget: str, cwd: Path, timeout: int = 1800):
     os.environ["DLCOURSE_BUDGET"] = budget
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures become PNG outputs
     try:
-        start = time.perf_counter()
+        start, used = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
         NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}).execute()
-        return nb, time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the kernel has exited and been waited for
+        cpu = (after.ru_utime + after.ru_stime) - (used.ru_utime + used.ru_stime)
+        return nb, time.perf_counter() - start, cpu
     finally:
         for key, value in previous.items():
             if value is None:
@@ -136,15 +141,18 @@ def _page(figures: Path, budget_note: str) -> str:
         "numbers. Numbers come from the course's evaluator (`docs/metrics.md`); FID is in its feature space.",
         budget_note,
         "",
-        "| lesson | budget | machine | date | wall time |",
-        "|---|---|---|---|---|",
+        "| lesson | budget | machine | date | wall time | kernel CPU time | load average during the run |",
+        "|---|---|---|---|---|---|---|",
     ]
     body = []
     for lesson in LESSONS:
         if not (figures / f"{lesson}.json").is_file():
             continue
         run = json.loads((figures / f"{lesson}.json").read_text())
-        head.append(f"| {lesson} | {run['budget']} | {run['machine']} | {run['date']} | {run['seconds'] / 60:.1f} min |")
+        cpu = f"{run['cpu_seconds'] / 60:.1f} min" if "cpu_seconds" in run else "not recorded"
+        load = f"{run['load_average']:.1f}" if "load_average" in run else "not recorded"
+        head.append(f"| {lesson} | {run['budget']} | {run['machine']} | {run['date']} | {run['seconds'] / 60:.1f} min "
+                    f"| {cpu} | {load} |")
         body += ["", f"## {lesson}", (figures / f"{lesson}.md").read_text().rstrip("\n")]
     return "\n".join(head + body) + "\n"
 
@@ -193,11 +201,12 @@ def main(argv: list[str] | None = None) -> int:
 
     for lesson, path in ({} if args.page_only else paths).items():
         print(f"running {lesson} at the {args.budget} budget …", flush=True)
-        nb, seconds = run_notebook(path, args.budget, cwd=solutions)
+        nb, seconds, cpu_seconds = run_notebook(path, args.budget, cwd=solutions)
         for old in figures.glob(f"{lesson}_*.png"):
             old.unlink()
         lines = harvest(nb, lesson, figures, link_prefix="results")
-        run = {"budget": args.budget, "machine": _machine(), "date": time.strftime("%Y-%m-%d"), "seconds": seconds}
+        run = {"budget": args.budget, "machine": _machine(), "date": time.strftime("%Y-%m-%d"), "seconds": seconds,
+               "cpu_seconds": cpu_seconds, "load_average": os.getloadavg()[1]}  # 5-minute load: other jobs sharing the CPU
         write_atomically(figures / f"{lesson}.md", lambda p: Path(p).write_text("\n".join(lines) + "\n"))
         write_atomically(figures / f"{lesson}.json", lambda p: Path(p).write_text(json.dumps(run, indent=1) + "\n"))
         print(f"  {lesson}: {seconds / 60:.1f} min", flush=True)

@@ -66,7 +66,7 @@ def test_page_lists_each_lesson_with_budget_machine_and_time(tmp_path):
         (tmp_path / f"{lesson}.json").write_text(json.dumps(
             {"budget": "cpu", "machine": "a test CPU", "date": "2026-11-23", "seconds": 60 * minutes}))
     page = results._page(tmp_path, "note")
-    assert "| 02_ddpm | cpu | a test CPU | 2026-11-23 | 7.5 min |" in page
+    assert "| 02_ddpm | cpu | a test CPU | 2026-11-23 | 7.5 min | not recorded | not recorded |" in page
     assert page.index("## 02_ddpm") < page.index("## 04_classifier_free_guidance")
     assert "## 01_unet_denoiser" not in page
 
