@@ -357,10 +357,10 @@ def test_optimised_defaults_are_lesson_03s_switches():
         assert {k: config[k] for k in OPTIMISED} == OPTIMISED, cls.__name__
 
 
-def test_conditional_unet_conditions_the_encoder_by_default():
+def test_conditional_unet_can_condition_the_encoder_too():
     torch.manual_seed(0)
-    model = ConditionalUNet(channels=TINY, image_size=16, T=50, context_dim=5).eval()
-    plain = ConditionalUNet(channels=TINY, image_size=16, T=50, context_dim=5, condition_encoder=False)
+    model = ConditionalUNet(channels=TINY, image_size=16, T=50, context_dim=5, condition_encoder=True).eval()
+    plain = ConditionalUNet(channels=TINY, image_size=16, T=50, context_dim=5)
     assert model.config["condition_encoder"] is True and plain.config["condition_encoder"] is False
     extra = count_parameters(model) - count_parameters(plain)
     assert len(model.encoder_context_mlps) == len(model.encoder_time_mlps) == len(TINY) and extra > 0
