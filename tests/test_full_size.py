@@ -108,3 +108,45 @@ def test_lesson_04_full_size(train32):
         x = ddim_sample(guided_eps_fn(lambda *a: model(*a).float(), c, w), schedule, (n, 3, b.image_size, b.image_size),
                         steps=2, device="cpu", progress=False)
     assert x.shape == (n, 3, b.image_size, b.image_size) and torch.isfinite(x).all()
+
+
+def test_lesson_05_full_size(train32):
+    """TinyCLIP at the full budget's embedding size and batch (the N of the N×N matrix), then the
+    CLIP-conditioned U-Net with context_dim = D: two steps each, and two guided sampling steps."""
+    from dlcourse.clip import TinyCLIP, Tokenizer, contrastive_loss, drop_embeddings, prompt_guided_eps_fn
+
+    b = budget("05_clip_conditioning", "full")
+    _check_common(b, len(train32.images[: b.n_images]))
+    captions = train32.captions[: 2 * b.clip_batch_size]
+    clip = TinyCLIP(Tokenizer.from_texts(captions).vocab, embed_dim=b.clip_embed_dim, image_size=b.image_size)
+    optimizer = torch.optim.AdamW(clip.parameters(), lr=1e-3)
+    for step in range(2):
+        part = slice(step * b.clip_batch_size, (step + 1) * b.clip_batch_size)
+        loss = contrastive_loss(clip.image_features(train32.images[part]),
+                                clip.text_features(clip.tokenize(captions[part])), clip.logit_scale)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        assert torch.isfinite(loss)
+    with torch.no_grad():
+        c_all = clip.encode_image(train32.images[: 2 * b.batch_size])
+    assert c_all.shape == (2 * b.batch_size, b.clip_embed_dim)
+    schedule = Schedule(scaled_linear_betas(b.T))
+    model = ConditionalUNet(channels=b.channels, image_size=b.image_size, T=b.T, context_dim=b.clip_embed_dim)
+
+    def loss(m, x0):
+        n = len(x0)
+        c, _ = drop_embeddings(c_all[:n], 0.1)
+        t = torch.randint(0, b.T, (n,))
+        noise = torch.randn_like(x0)
+        return F.mse_loss(m(schedule.q_sample(x0, t, noise), t, c).float(), noise)
+
+    _two_steps(model, loss, train32.images[: 2 * b.batch_size], b.batch_size)
+    model.eval()
+    with torch.no_grad():
+        prompts = clip.encode_text(["a red rose", "a yellow sunflower"])
+    c = prompts.repeat_interleave(2, 0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x = ddim_sample(prompt_guided_eps_fn(lambda *a: model(*a).float(), c, 3.0), schedule,
+                        (4, 3, b.image_size, b.image_size), steps=2, device="cpu", progress=False)
+    assert x.shape == (4, 3, b.image_size, b.image_size) and torch.isfinite(x).all()
