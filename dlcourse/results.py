@@ -55,8 +55,10 @@ def run_notebook(path: Path, budget: str, cwd: Path, timeout: int = 1800):
     from nbclient import NotebookClient
 
     nb = nbformat.read(path, as_version=4)
-    previous = {k: os.environ.get(k) for k in ("DLCOURSE_BUDGET", "MPLBACKEND")}
+    previous = {k: os.environ.get(k) for k in ("DLCOURSE_BUDGET", "MPLBACKEND", "PYTHONPATH")}
     os.environ["DLCOURSE_BUDGET"] = budget
+    # the kernel imports this checkout's dlcourse, whatever copy the environment has installed
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [previous["PYTHONPATH"]])])
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"  # figures become PNG outputs
     try:
         start, used = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
