@@ -98,6 +98,7 @@ def save_reference(name: str, model, schedule, *, folder=None, w: float = 0.0, n
     (guidance weight ``w`` for class models). ``notes``: extra JSON-able facts (e.g. the lesson's
     measured numbers). Returns the folder."""
     from dlcourse import config
+    from dlcourse.files import write_atomically
     from dlcourse.models import count_parameters, save_model
 
     _check_name(name)
@@ -119,8 +120,6 @@ def save_reference(name: str, model, schedule, *, folder=None, w: float = 0.0, n
         "check": {**CHECK, "w": w, "scores": score(model, schedule, kind, w=w, **CHECK)},
         "notes": notes or {},
     }
-    from dlcourse.files import write_atomically
-
     write_atomically(folder / "reference.json",
                      lambda p: Path(p).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n"))
     return folder

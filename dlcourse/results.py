@@ -163,7 +163,7 @@ def _copy_references(source: Path) -> list[str]:
     from dlcourse.pretrained import WEIGHTS
 
     copied = []
-    for folder in sorted(p for p in source.iterdir() if (p / "reference.json").is_file()) if source.is_dir() else []:
+    for folder in sorted(p.parent for p in source.glob("*/reference.json")):
         target = WEIGHTS / folder.name
         if target.exists():
             shutil.rmtree(target)

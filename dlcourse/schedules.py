@@ -66,6 +66,17 @@ def adjust_x0(x0_pred: torch.Tensor, x0_mode: str = "none", percentile: float = 
     return x0_pred
 
 
+def _x0_and_eps(x: torch.Tensor, eps: torch.Tensor, ab: torch.Tensor, x0_mode: str,
+                percentile: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x̂_0 = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t after :func:`adjust_x0`, and the ε it implies,
+    (x_t − √ᾱ_t x̂_0)/√(1−ᾱ_t) (the given ε itself for ``"none"``)."""
+    x0_pred = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
+    if x0_mode == "none":
+        return x0_pred, eps
+    x0_pred = adjust_x0(x0_pred, x0_mode, percentile)
+    return x0_pred, (x - ab.sqrt() * x0_pred) / (1 - ab).sqrt()
+
+
 def _check_beta_range(beta_start, beta_end) -> None:
     for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
@@ -263,8 +274,7 @@ class Schedule:
         _check_x0_mode(x0_mode, percentile)
         beta, ab, alpha = self._coef(self.betas, t, x), self._coef(self.alpha_bars, t, x), self._coef(self.alphas, t, x)
         if x0_mode != "none":
-            x0_pred = adjust_x0((x - (1 - ab).sqrt() * eps) / ab.sqrt(), x0_mode, percentile)
-            eps = (x - ab.sqrt() * x0_pred) / (1 - ab).sqrt()
+            _, eps = _x0_and_eps(x, eps, ab, x0_mode, percentile)
         mean = (x - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
         var = beta if variance == "beta" else self._coef(self.beta_tildes, t, x)
         nonzero = (t > 0).to(x.device, x.dtype).reshape(-1, *([1] * (x.dim() - 1)))  # no noise at t = 0
@@ -301,10 +311,7 @@ class Schedule:
                        f"t_prev min {int(t_prev.min())}, max {int(t_prev.max())} with t min {int(t.min())}")
         ab = self._coef(self.alpha_bars, t, x)
         ab_prev = self._coef(torch.cat([self.alpha_bars.new_ones(1), self.alpha_bars]), t_prev + 1, x)
-        x0_pred = (x - (1 - ab).sqrt() * eps) / ab.sqrt()
-        if x0_mode != "none":
-            x0_pred = adjust_x0(x0_pred, x0_mode, percentile)
-            eps = (x - ab.sqrt() * x0_pred) / (1 - ab).sqrt()
+        x0_pred, eps = _x0_and_eps(x, eps, ab, x0_mode, percentile)
         sigma = eta * ((1 - ab_prev) / (1 - ab)).sqrt() * (1 - ab / ab_prev).sqrt()
         out = ab_prev.sqrt() * x0_pred + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
         if eta > 0:
