@@ -53,7 +53,7 @@ _FAR_OUTSIDE = 2.5
 _NONFINITE_RGB = (1.0, 0.0, 1.0)
 _LIKELY_CAUSES = ("likely: x̂₀ not clipped, too few sampling steps or too little training, "
                   "a wrong ε coefficient, or a wrong value_range")
-QUICK_MODE_NOTE = "quick mode: untrained — see docs/results.md for what the cpu/full budget draws"
+QUICK_MODE_NOTE = "quick mode: untrained —\nsee docs/results.md for what the cpu/full budget draws"
 
 
 def quick_mode_title(title: str = "") -> str:
