@@ -210,6 +210,7 @@ def check_cfg_loss(fn: Callable) -> CheckResult:
     with torch.no_grad():
         out = model.a[t].view(-1, 1, 1, 1) * call["x"] + (call["c"] @ model.weight)[:, :, None, None]
         expected = (out - noise).square().mean().item()
+        loss_diff = abs(loss.item() - expected)
         if not math.isclose(loss.item(), expected, rel_tol=1e-4, abs_tol=1e-6):
             hint = ("the target is the noise ε, not x0." if math.isclose(loss.item(), (out - x0).square().mean().item(),
                                                                           rel_tol=1e-4)
@@ -220,7 +221,7 @@ def check_cfg_loss(fn: Callable) -> CheckResult:
     if not all(torch.equal(first[k], second[k]) for k in ("x", "t", "c")):
         raise _fail(name, "the same generator seed gave different masks, steps or noise",
                     "pass generator= to every random draw: the mask, torch.randint for t and torch.randn for the noise.")
-    result = CheckResult(name, 10, 0.0, ["cpu"], unit="batches")
+    result = CheckResult(name, 10, loss_diff, ["cpu"], unit="batches")
     print(f"✅ {name}: whole contexts dropped per sample at the rate drop_prob, t in 0…T−1 per sample, "
           f"x_t from q_sample, loss = ‖ε − ε_θ‖², reproducible with the generator (checked on 10 batches)")
     return result
