@@ -8,9 +8,17 @@ from __future__ import annotations
 
 import torch
 
-from dlcourse.models import DownBlock, count_parameters, RearrangePool, ResidualBlock, SinusoidalEmbedding, UpBlock
+from dlcourse.models import (
+    DownBlock,
+    RearrangePool,
+    ResidualBlock,
+    SinusoidalEmbedding,
+    TimeUNet,
+    UpBlock,
+    count_parameters,
+)
 
-from .core import CheckResult, check_module, compare
+from .core import CheckResult, _seeded, check_module, compare
 
 __all__ = [
     "check_down_block",
@@ -18,6 +26,7 @@ __all__ = [
     "check_sinusoidal_embedding",
     "check_residual_block",
     "check_rearrange_pool",
+    "check_time_unet",
 ]
 
 
@@ -190,3 +199,100 @@ def check_rearrange_pool(cls) -> CheckResult:
 
     return check_module(cls, RearrangePool, [(8, 8), (4, 16)], lambda a: (_images(a[0]),), name="RearrangePool",
                         diagnose=diagnose, diagnose_parameters=diagnose_parameters)
+
+
+def _error_text(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+# Configurations of the U-Net checks, keyed by image channels so that a hint can rebuild the reference
+# (the same seed gives the same weights) from the input alone. In the first, every level has the same
+# channels, so even a misplaced embedding runs and can be recognised by its output.
+_TIME_UNET_CONFIGS = {
+    1: dict(image_channels=1, channels=(8, 8), image_size=8, T=20),
+    3: dict(image_channels=3, channels=(8, 16), image_size=8, T=50),
+}
+
+
+def _time_unet_variants(model: TimeUNet, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The time embedding e_t = time_mlps[level](t/T) added in the usual wrong ways, each named by its hint."""
+
+    def run(code: torch.Tensor | None, where: str) -> torch.Tensor:
+        e = [mlp(code)[:, :, None, None] for mlp in model.time_mlps] if code is not None else []
+        first = model.stem(x)
+        h, skips = first, []
+        for down in model.downs:
+            h = down(h)
+            skips.append(h)
+        h = model.bottleneck(h)
+        for level, up in enumerate(model.ups):
+            skip = skips.pop()
+            if where == "h" or (where == "deepest" and level == 0):
+                h = h + e[level]
+            elif where == "skip":
+                skip = skip + e[level]
+            elif where == "reversed":
+                h = h + e[-1 - level]
+            h = up(h, skip)
+            if where == "after":
+                h = h + e[level]
+        return model.head(torch.cat([h, first], dim=1))
+
+    steps = t.to(x.dtype)[:, None]
+    code = steps / model.T
+    candidates = {
+        "t is not normalised: the package feeds t/T ∈ [0, 1) to the time MLPs, (t.float() / self.T)[:, None].":
+            lambda: run(steps, "h"),
+        "t is divided by T − 1; the package divides by T: (t.float() / self.T)[:, None].":
+            lambda: run(steps / (model.T - 1), "h"),
+        "e_t is added to the skip connection; add it to h, the features coming up from below, before each up block.":
+            lambda: run(code, "skip"),
+        "e_t is added after the up block; add it to h before calling up(h, skip).":
+            lambda: run(code, "after"),
+        "only the deepest level gets the time: add e_t at every level, each from its own MLP (self.time_mlps[level]).":
+            lambda: run(code, "deepest"),
+        "the levels are swapped: self.time_mlps[0] belongs to the deepest up block, self.ups[0] (zip the two lists).":
+            lambda: run(code, "reversed"),
+        "t never reaches the network: add e_t = self.time_mlps[level](t/T) to h before each up block.":
+            lambda: run(None, "none"),
+    }
+    variants = {}
+    for hint, variant in candidates.items():
+        try:
+            variants[hint] = variant()
+        except RuntimeError:  # this slip cannot run with these channels
+            continue
+    return variants
+
+
+def check_time_unet(cls) -> CheckResult:
+    """``cls(image_channels, channels, image_size, T)`` with ``forward(x, t)``: lesson 02's TimeUNet.
+
+    Before each up block, h ← h + e_t with e_t = time_mlps[level](t/T) broadcast over H and W
+    (level 0 = the deepest, with self.ups[0]).
+    """
+
+    def inputs(config):
+        x = torch.randn(4, config["image_channels"], config["image_size"], config["image_size"])
+        return x, torch.tensor([0, config["T"] // 3, config["T"] // 2, config["T"] - 1])
+
+    def diagnose(student_out, reference_out, args):
+        x, t = args
+        if isinstance(student_out, Exception):
+            text = _error_text(student_out)
+            if "EmbedMLP" in text or "mat1" in text or "dtype" in text:
+                return ("the time MLPs read t/T as a float column of shape (N, 1): (t.float() / self.T)[:, None] "
+                        "(t itself is a long tensor of shape (N,)).")
+            if "size" in text or "broadcast" in text or "shape" in text:
+                return ("e_t = self.time_mlps[level](...) has shape (N, c): add it as e_t[:, :, None, None], shape "
+                        "(N, c, 1, 1), so that every pixel of channel c gets the same value.")
+            return None
+        reference = _seeded(TimeUNet, _TIME_UNET_CONFIGS[x.shape[1]], 0).to(x.device).train()
+        with torch.no_grad():
+            for hint, wrong in _time_unet_variants(reference, x, t).items():
+                if wrong.shape == student_out.shape and torch.allclose(student_out, wrong, atol=1e-5):
+                    return hint
+        return "h ← h + self.time_mlps[level]((t.float() / self.T)[:, None])[:, :, None, None] before each up block."
+
+    return check_module(cls, TimeUNet, list(_TIME_UNET_CONFIGS.values()), inputs, name="TimeUNet",
+                        diagnose=diagnose)
