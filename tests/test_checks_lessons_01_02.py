@@ -3,9 +3,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from dlcourse.checks import check_ddpm_loss, check_ddpm_step, check_q_sample, check_time_unet
-from dlcourse.models import TimeUNet
+from dlcourse.checks import (
+    check_ddpm_loss,
+    check_ddpm_step,
+    check_group_norm,
+    check_q_sample,
+    check_time_unet,
+    check_train_step,
+    check_unet,
+    check_up_block,
+)
+from dlcourse.models import TimeUNet, UNetDenoiser, UpBlock
 
 
 def _col(values, t):
@@ -116,11 +127,11 @@ def ddpm_loss(model, batch, schedule, slip=None):
     x_t = q_sample(schedule, x0, t, noise)
     prediction = model(x_t, t)
     if slip == "x0 target":
-        return torch.nn.functional.mse_loss(prediction, x0)
+        return F.mse_loss(prediction, x0)
     if slip == "sqrt beta":
         x_t = q_sample(schedule, x0, t, noise, slip="sqrt beta")
-        return torch.nn.functional.mse_loss(model(x_t, t), noise)
-    loss = torch.nn.functional.mse_loss(prediction, noise)
+        return F.mse_loss(model(x_t, t), noise)
+    loss = F.mse_loss(prediction, noise)
     return loss.item() if slip == "item" else loss
 
 
@@ -205,4 +216,138 @@ def test_check_time_unet_passes_a_correct_forward_and_the_package():
 def test_check_time_unet_names_the_slip(slip, hint):
     with pytest.raises(AssertionError, match="❌ TimeUNet") as info:
         check_time_unet(with_slip(slip))
+    assert hint in str(info.value)
+
+
+# ---- lesson 01: UpBlock's channel count, the U-Net wiring, the training step ---------------------
+
+class Up(nn.Module):
+    """A learner's UpBlock; ``transpose_in`` is the channel count the transposed conv was built for."""
+
+    def __init__(self, in_ch, out_ch, transpose_in=None):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(transpose_in or in_ch, out_ch, 2, stride=2)
+        self.convs = nn.Sequential(
+            nn.Conv2d(out_ch, out_ch, 3, padding=1), nn.BatchNorm2d(out_ch), nn.ReLU(),
+            nn.Conv2d(out_ch, out_ch, 3, padding=1), nn.BatchNorm2d(out_ch), nn.ReLU(),
+        )
+
+    def forward(self, x, skip):
+        return self.convs(self.up(torch.cat([x, skip], dim=1)))
+
+
+def test_check_up_block_blames_the_channel_count_not_a_correct_concatenation():
+    with pytest.raises(AssertionError) as info:
+        check_up_block(lambda in_ch, out_ch: Up(in_ch, out_ch, transpose_in=out_ch))
+    assert "the concatenation is right" in str(info.value)
+    assert "nn.ConvTranspose2d(in_ch, out_ch" in str(info.value)
+    assert "did you concatenate" not in str(info.value)
+
+
+class Wired(UNetDenoiser):
+    """A learner's U-Net from the package's blocks; ``slip`` names the wiring mistake."""
+
+    slip = None
+
+    def __init__(self, image_channels=3, channels=(64, 128, 256), image_size=32):
+        super().__init__(image_channels, channels, image_size)
+        if self.slip == "up in_ch":
+            c = self.channels
+            self.ups = nn.ModuleList(UpBlock(c[i], c[max(i - 1, 0)]) for i in reversed(range(len(c))))
+
+    def forward(self, x):
+        first = self.stem(x)
+        h, skips = first, []
+        for down in self.downs:
+            if self.slip == "skip before down":
+                skips.append(h)
+            h = down(h)
+            if self.slip != "skip before down":
+                skips.append(h)
+        h = self.bottleneck(h)
+        for i, up in enumerate(self.ups):
+            skip = {"reversed skips": lambda: skips[i], "h as skip": lambda: h,
+                    "zero skip": lambda: torch.zeros_like(h)}.get(self.slip, skips.pop)()
+            h = up(h, skip)
+        return self.head(torch.cat([h, first], dim=1))
+
+
+def wired(slip):
+    return type(f"Wired_{slip}", (Wired,), {"slip": slip})
+
+
+def test_check_unet_passes_a_correct_wiring_and_the_package():
+    assert check_unet(Wired).passed
+    assert check_unet(UNetDenoiser).passed
+
+
+@pytest.mark.parametrize("slip, hint", [
+    ("reversed skips", "last in, first out (skips.pop())"),
+    ("skip before down", "append after h = down(h)"),
+    ("h as skip", "got h as their own skip"),
+    ("zero skip", "carry nothing"),
+    ("up in_ch", "MyUpBlock(2 * c[i], c[i − 1])"),
+])
+def test_check_unet_names_the_slip(slip, hint):
+    with pytest.raises(AssertionError, match="❌ U-Net") as info:
+        check_unet(wired(slip))
+    assert hint in str(info.value)
+
+
+def add_noise(x, beta):
+    return (1 - beta) * x + beta * torch.randn_like(x)
+
+
+def train_step(model, optimizer, x0, beta, slip=None):
+    x_noisy = add_noise(x0, beta)
+    loss = F.mse_loss(model(x_noisy), x_noisy if slip == "noisy target" else x0)
+    if slip != "no zero_grad":
+        optimizer.zero_grad()
+    loss.backward()
+    if slip != "no step":
+        optimizer.step()
+    return loss if slip == "tensor" else loss.item()
+
+
+def test_check_train_step_passes_a_correct_step():
+    assert check_train_step(train_step).passed
+
+
+@pytest.mark.parametrize("slip, hint", [
+    ("no zero_grad", "call optimizer.zero_grad() before loss.backward()"),
+    ("tensor", "return loss.item()"),
+    ("noisy target", "the target is the noisy image"),
+    ("no step", "call optimizer.step()"),
+])
+def test_check_train_step_names_the_slip(slip, hint):
+    with pytest.raises(AssertionError, match="❌ train_step") as info:
+        check_train_step(lambda *args: train_step(*args, slip=slip))
+    assert hint in str(info.value)
+
+
+# ---- lesson 03's group_norm (the hints live with the other block checks) -------------------------
+
+def group_norm(x, groups, weight, bias, eps=1e-5, slip=None):
+    h = x.reshape(x.shape[0], groups, -1)
+    dims = (0, 2) if slip == "over the batch" else -1
+    mean = h.mean(dim=dims, keepdim=True)
+    var = h.var(dim=dims, unbiased=slip == "unbiased", keepdim=True)
+    h = ((h - mean) / torch.sqrt(var + eps)).reshape(x.shape)
+    if slip == "not reshaped":
+        return h * weight + bias
+    return h * weight[None, :, None, None] + bias[None, :, None, None]
+
+
+def test_check_group_norm_passes_a_correct_function():
+    assert check_group_norm(group_norm).passed
+
+
+@pytest.mark.parametrize("slip, hint", [
+    ("unbiased", "unbiased variance"),
+    ("over the batch", "statistics run over the batch"),
+    ("not reshaped", "reshape them to (1, C, 1, 1)"),
+])
+def test_check_group_norm_names_the_slip(slip, hint):
+    with pytest.raises(AssertionError, match="❌ group_norm") as info:
+        check_group_norm(lambda *args: group_norm(*args, slip=slip))
     assert hint in str(info.value)
