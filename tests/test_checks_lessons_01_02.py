@@ -351,3 +351,20 @@ def test_check_group_norm_names_the_slip(slip, hint):
     with pytest.raises(AssertionError, match="❌ group_norm") as info:
         check_group_norm(lambda *args: group_norm(*args, slip=slip))
     assert hint in str(info.value)
+
+
+# ---- lessons 01 and 02: every code exercise is followed at once by its self-check -----------------
+
+@pytest.mark.parametrize("lesson", ["01_unet_denoiser", "02_ddpm"])
+def test_each_exercise_is_followed_by_its_check(lesson):
+    from pathlib import Path
+
+    import nbformat
+
+    cells = nbformat.read(Path(__file__).resolve().parent.parent / "solutions" / f"{lesson}.ipynb", as_version=4).cells
+    exercises = [i for i, cell in enumerate(cells) if cell.cell_type == "code" and "# BEGIN SOLUTION" in cell.source]
+    assert exercises
+    for i in exercises:
+        following = cells[i + 1]
+        assert following.cell_type == "code" and following.source.startswith("dlcourse.checks.check_"), \
+            f"{lesson}: cell {i + 1}, right after the exercise in cell {i}, is not its self-check"
