@@ -173,12 +173,7 @@ class TimeNet(TimeUNet):
             code = t.float()[:, None]
         if self.slip == "long t":
             code = t[:, None]
-        first = self.stem(x)
-        h, skips = first, []
-        for down in self.downs:
-            h = down(h)
-            skips.append(h)
-        h = self.bottleneck(h)
+        first, h, skips = self._encode(x)
         for level, (mlp, up) in enumerate(zip(self.time_mlps, self.ups)):
             e = mlp(code)
             skip = skips.pop()

@@ -246,12 +246,7 @@ def _time_unet_variants(model: TimeUNet, x: torch.Tensor, t: torch.Tensor) -> di
 
     def run(code: torch.Tensor | None, where: str) -> torch.Tensor:
         e = [mlp(code)[:, :, None, None] for mlp in model.time_mlps] if code is not None else []
-        first = model.stem(x)
-        h, skips = first, []
-        for down in model.downs:
-            h = down(h)
-            skips.append(h)
-        h = model.bottleneck(h)
+        first, h, skips = model._encode(x)
         for level, up in enumerate(model.ups):
             skip = skips.pop()
             if where == "h" or (where == "deepest" and level == 0):
@@ -335,12 +330,7 @@ _UNET_CONFIGS = {
 
 def _unet_with_skips(model: UNetDenoiser, x: torch.Tensor, skip_of) -> torch.Tensor:
     """Lesson 01's forward with ``skip_of(h, skips)`` choosing what each up block gets as its skip."""
-    first = model.stem(x)
-    h, skips = first, []
-    for down in model.downs:
-        h = down(h)
-        skips.append(h)
-    h = model.bottleneck(h)
+    first, h, skips = model._encode(x)
     for up in model.ups:
         h = up(h, skip_of(h, skips))
     return model.head(torch.cat([h, first], dim=1))

@@ -82,9 +82,10 @@ class _UNetSkeleton(nn.Module):
         if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             raise fail(owner, f"images of {self.image_size}×{self.image_size}", describe(x))
 
-    def _decode(self, x: torch.Tensor, modulate=None, modulate_down=None) -> torch.Tensor:
-        """Run the U-Net; ``modulate(level, h)`` (level 0 = deepest) transforms h before each up block,
-        ``modulate_down(i, h)`` the output of down block i (before it is kept as a skip)."""
+    def _encode(self, x: torch.Tensor, modulate_down=None) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """The encoder half: (stem output, bottleneck output, the down blocks' outputs kept as skips).
+
+        ``modulate_down(i, h)`` transforms the output of down block i before it is kept as a skip."""
         first = self.stem(x)
         h, skips = first, []
         for i, down in enumerate(self.downs):
@@ -92,7 +93,12 @@ class _UNetSkeleton(nn.Module):
             if modulate_down is not None:
                 h = modulate_down(i, h)
             skips.append(h)
-        h = self.bottleneck(h)
+        return first, self.bottleneck(h), skips
+
+    def _decode(self, x: torch.Tensor, modulate=None, modulate_down=None) -> torch.Tensor:
+        """Run the U-Net; ``modulate(level, h)`` (level 0 = deepest) transforms h before each up block,
+        ``modulate_down`` as in :meth:`_encode`."""
+        first, h, skips = self._encode(x, modulate_down)
         for level, up in enumerate(self.ups):
             if modulate is not None:
                 h = modulate(level, h)
