@@ -10,3 +10,24 @@ ROOT = Path(__file__).resolve().parent.parent
 def repo_root() -> Path:
     """The course folder (holds solutions/, notebooks/, assessments/)."""
     return ROOT
+
+
+from browser_support import ARTIFACTS_KEY, wants_browser_tests  # noqa: E402  (tests/ is on sys.path here)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Browser tests (marker ``browser``) run only when ``-m`` names them: ``python -m pytest -m browser``.
+    The README's ``python -m pytest`` deselects them, so it stays fast and needs no Chromium."""
+    if wants_browser_tests(config.getoption("markexpr", "")):
+        return
+    browser = [item for item in items if item.get_closest_marker("browser")]
+    if browser:
+        config.hook.pytest_deselected(items=browser)
+        items[:] = [item for item in items if not item.get_closest_marker("browser")]
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    folder = config.stash.get(ARTIFACTS_KEY, None)
+    if folder is not None:
+        shots = sorted(p.name for p in folder.glob("*.png"))
+        terminalreporter.write_line(f"browser test screenshots: {folder} ({', '.join(shots) or 'none saved'})")
