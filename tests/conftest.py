@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from browser_support import ARTIFACTS_KEY, SCREENSHOTS, wants_browser_tests  # tests/ is on sys.path here
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -10,9 +12,6 @@ ROOT = Path(__file__).resolve().parent.parent
 def repo_root() -> Path:
     """The course folder (holds solutions/, notebooks/, assessments/)."""
     return ROOT
-
-
-from browser_support import ARTIFACTS_KEY, wants_browser_tests  # noqa: E402  (tests/ is on sys.path here)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -29,5 +28,5 @@ def pytest_collection_modifyitems(config, items):
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     folder = config.stash.get(ARTIFACTS_KEY, None)
     if folder is not None:
-        shots = sorted(p.name for p in folder.glob("*.png"))
+        shots = [name for name in SCREENSHOTS if (folder / name).is_file()]
         terminalreporter.write_line(f"browser test screenshots: {folder} ({', '.join(shots) or 'none saved'})")

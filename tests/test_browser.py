@@ -19,15 +19,15 @@ import base64
 import importlib.util
 import io
 import os
-import shutil
+import re
 import time
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from browser_support import (ARTIFACTS_KEY, CHROMIUM_FLAGS, Deadline, JupyterLab, artifacts_dir, find_chromium,
-                             unavailable_action, unavailable_reason)
+from browser_support import (ARTIFACTS_KEY, CHROMIUM_FLAGS, SCREENSHOTS, Deadline, JupyterLab, artifacts_dir,
+                             find_chromium, unavailable_action, unavailable_reason)
 
 pytestmark = pytest.mark.browser
 
@@ -60,7 +60,8 @@ STATE_JS = r"""() => {
 STATUS_BAR_JS = "() => [...document.querySelectorAll('.jp-StatusBar-TextItem')].map(e => e.textContent).join(' / ')"
 KERNEL_READY_JS = r"""() =>
   document.querySelector('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator')?.getAttribute('data-status') === 'idle'
-  && [...document.querySelectorAll('.jp-StatusBar-TextItem')].some(e => /^(?!No Kernel).+ \| Idle$/.test(e.textContent.trim()))"""
+  && [...document.querySelectorAll('.jp-StatusBar-TextItem')]
+       .some(e => /^(?!No Kernel).+ \| Idle$/.test(e.textContent.trim()))"""
 
 # PNG bytes (base64) of an <img>, whatever its src: a data: URL (matplotlib) or a blob: URL (ipywidgets).
 IMAGE_BYTES_JS = r"""async (img) => {
@@ -93,8 +94,8 @@ def chromium() -> str:
 def artifacts(request) -> Path:
     folder = artifacts_dir(os.environ, ROOT)
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.png"):
-        old.unlink()
+    for old in SCREENSHOTS:  # this test's own files only: the folder may be a user's
+        (folder / old).unlink(missing_ok=True)
     request.config.stash[ARTIFACTS_KEY] = folder
     print(f"\nbrowser test screenshots: {folder}")
     return folder
@@ -185,8 +186,9 @@ def run_all(page, lab: JupyterLab, name: str, deadline: Deadline, folder: Path) 
     is idle. Fails at once on an error output or a dialog, and when the time is up."""
     n_code = len(code_cells(name, lab))
     assert n_code > 0
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click(timeout=deadline.timeout(10) * 1000)
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click(
+        timeout=deadline.timeout(10) * 1000)
     end = time.monotonic() + deadline.timeout(RUN_CAP[name])
     state: dict = {}
     while time.monotonic() < end:
@@ -226,14 +228,19 @@ def error_outputs(nb) -> list[str]:
             for o in c.get("outputs", []) if o.get("output_type") == "error"]
 
 
-def png_info(data: bytes) -> tuple[int, int, float]:
-    """(width, height, pixel standard deviation) of PNG bytes."""
+def png_pixels(data: bytes):
+    """The RGB pixels (H × W × 3 uint8 array) of PNG bytes."""
     import numpy as np
     from PIL import Image
 
     assert data[:8] == b"\x89PNG\r\n\x1a\n", "not PNG bytes"
-    image = Image.open(io.BytesIO(data)).convert("RGB")
-    return image.width, image.height, float(np.asarray(image, dtype=np.float32).std())
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def png_info(data: bytes) -> tuple[int, int, float]:
+    """(width, height, pixel standard deviation) of PNG bytes."""
+    pixels = png_pixels(data)
+    return pixels.shape[1], pixels.shape[0], float(pixels.astype("float32").std())
 
 
 def test_notebook_00_dataset_grid_renders_as_an_image(browser, lab, deadline, artifacts):
@@ -301,6 +308,9 @@ def test_notebook_04_runs_and_the_w_slider_changes_the_image(browser, lab, deadl
         assert float(w_after) == pytest.approx(float(w_before) + SLIDER_STEP * ARROW_PRESSES), \
             f"ArrowRight ×{ARROW_PRESSES} moved w from {w_before} to {w_after}"
         assert after != before, f"the image did not change when w moved from {w_before} to {w_after}"
+        pixels_before, pixels_after = png_pixels(before), png_pixels(after)
+        assert pixels_before.shape == pixels_after.shape and (pixels_before != pixels_after).any(), \
+            "the new PNG shows the same pixels"
         for data in (before, after):
             width, height, _ = png_info(data)
             assert width >= 300 and height > 0
