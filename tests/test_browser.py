@@ -5,8 +5,9 @@ nbval runs notebooks without JavaScript; this test runs them where students do. 
 mode), copies the quick-mode solution notebooks there (the repo is never written), and in Chromium:
 
 - notebook 00: runs all cells from the Run menu and checks that the dataset grid renders as an image;
-- notebook 04: runs all cells, checks that no cell shows an error, moves the guidance explorer's
-  w slider with ArrowRight keys and checks that the displayed image changed (its PNG bytes).
+- notebook 04: runs all cells, checks that no cell shows an error, moves the w slider of the guidance
+  explorer on the shipped reference model with ArrowRight keys and checks that the displayed image
+  changed (its PNG bytes).
 
 Screenshots go to ``$DLCOURSE_BROWSER_ARTIFACTS`` or ``test-artifacts/browser/`` (printed at the end of
 the run). Deselected unless asked for: ``python -m pytest -m browser``. Skipped with a one-line reason
@@ -278,8 +279,9 @@ def test_notebook_04_runs_and_the_w_slider_changes_the_image(browser, lab, deadl
         nb = save_and_read(page, lab, name, deadline)
         assert not error_outputs(nb), f"{name}: error outputs in the saved notebook: {error_outputs(nb)}"
 
+        # the last explorer: the shipped reference model's (trained flowers), after the student's quick-mode one
         explorer = page.locator(".jp-OutputArea-output").filter(has=page.locator(".widget-slider")).filter(
-            has=page.locator("img")).first
+            has=page.locator("img")).last
         explorer.wait_for(state="visible", timeout=deadline.timeout(20) * 1000)
         explorer.scroll_into_view_if_needed()
         handle = explorer.locator(".widget-slider .noUi-handle").first
