@@ -22,7 +22,7 @@ from pathlib import Path
 
 from dlcourse.cli import Parser, reports_errors
 
-__all__ = ["TAG", "MAX_PNG_BYTES", "LESSONS", "run_notebook", "harvest", "main"]
+__all__ = ["TAG", "MAX_PNG_BYTES", "LESSONS", "machine", "run_notebook", "harvest", "main"]
 
 TAG = "results"
 MAX_PNG_BYTES = 200_000
@@ -30,7 +30,8 @@ LESSONS = ("01_unet_denoiser", "02_ddpm", "03_optimizations", "04_classifier_fre
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _machine() -> str:
+def machine() -> str:
+    """The CPU (or GPU, with its CUDA version) and the torch version, for labelling measurements."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -207,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         for old in figures.glob(f"{lesson}_*.png"):
             old.unlink()
         lines = harvest(nb, lesson, figures, link_prefix="results")
-        run = {"budget": args.budget, "machine": _machine(), "date": time.strftime("%Y-%m-%d"), "seconds": seconds,
+        run = {"budget": args.budget, "machine": machine(), "date": time.strftime("%Y-%m-%d"), "seconds": seconds,
                "cpu_seconds": cpu_seconds, "load_average": os.getloadavg()[1]}  # 5-minute load: other jobs sharing the CPU
         write_atomically(figures / f"{lesson}.md", lambda p: Path(p).write_text("\n".join(lines) + "\n"))
         write_atomically(figures / f"{lesson}.json", lambda p: Path(p).write_text(json.dumps(run, indent=1) + "\n"))
