@@ -18,6 +18,8 @@ from typing import Callable
 COMMANDS: dict[str, tuple[str, str]] = {
     "authoring": ("write notebooks/ from solutions/ (--check: verify, --strip: strip outputs)", "dlcourse.authoring:main"),
     "info": ("print versions, the device and the budget (quick/cpu/full)", "dlcourse.cli:info"),
+    "doctor": ("check GPU, torch build, budget, caches and folders; predict each lesson's training time here",
+               "dlcourse.doctor:main"),
     "train-evaluator": ("retrain the evaluator classifier of dlcourse.metrics (FID, accuracy)", "dlcourse.evaluator_training:main"),
     "results": ("run the solution notebooks at a budget and write docs/results.md with their pictures",
                 "dlcourse.results:main"),
