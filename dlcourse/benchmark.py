@@ -14,9 +14,10 @@ One table, ``ROWS``. Each row names a trial (``kind``, a key of ``TRIALS``) and 
 
 Every trial is set up and warmed up first; then the timed blocks are interleaved across rows
 (A, B, C, A, B, C …) ``repeats`` times, so slow drift of the machine (other jobs, clocks, heat)
-hits every row alike. The table prints the median and the spread (min–max) of each row, and
-``COMPARISONS`` prints ratios; where a row's spread is larger than the difference between the two
-medians, it prints that instead of a ratio. Sizes come from the budgets of lessons 03 and 04.
+hits every row alike. The table prints each row's median and spread — the interquartile range
+q1–q3 of its rounds, which one disturbed round does not move (min and max are in the JSON) — and
+``COMPARISONS`` prints ratios of medians; where either row's spread is larger than the difference
+between the two medians, it says so instead of printing a ratio. Sizes come from the budgets of lessons 03 and 04.
 
 Run ``dlcourse benchmark`` (or ``python -m dlcourse.benchmark``); it prints the table and writes
 JSON (default ``runs/benchmark.json``). CPU numbers are labelled as CPU: they say little about a GPU.
@@ -345,8 +346,9 @@ def _peak_memory_mib(device: torch.device) -> float | None:
 def run_rows(rows: list[Row], settings: Settings, device=None, *, compile_rows: bool = False,
              progress: bool = True) -> list[dict]:
     """Set up and warm up every row, then time ``settings.repeats`` rounds of one block per row,
-    interleaved (A, B, …, A, B, …). Returns one entry per row: its images/s per round, their median and
-    min–max, ms per sampler step (sampling rows) and peak memory (CUDA), or ``skipped`` with the reason."""
+    interleaved (A, B, …, A, B, …). Returns one entry per row: its images/s per round, their median,
+    quartiles (q1, q3) and min–max, ms per sampler step (sampling rows) and peak memory (CUDA), or
+    ``skipped`` with the reason."""
     from tqdm.auto import tqdm
 
     device = torch.device(device) if device is not None else get_device()
@@ -379,7 +381,9 @@ def run_rows(rows: list[Row], settings: Settings, device=None, *, compile_rows: 
     for entry in measured:
         trial = trials[entry["name"]]
         rates = [trial.images / s for s in entry["seconds"]]
-        entry.update(images_per_second=rates, median=statistics.median(rates), low=min(rates), high=max(rates))
+        q1, _, q3 = statistics.quantiles(rates, n=4, method="inclusive") if len(rates) > 1 else rates * 3
+        entry.update(images_per_second=rates, median=statistics.median(rates), q1=q1, q3=q3, low=min(rates),
+                     high=max(rates))
         if trial.sampler_steps is not None:
             entry["ms_per_step"] = 1000 * statistics.median(entry["seconds"]) / trial.sampler_steps
     return entries
@@ -387,7 +391,7 @@ def run_rows(rows: list[Row], settings: Settings, device=None, *, compile_rows: 
 
 def compare(entries: list[dict], comparisons: list[Comparison] = COMPARISONS) -> list[dict]:
     """Each comparison whose two rows were measured: the ratio of their median images/s, or, where either
-    row's spread (max − min) is larger than the difference of the medians, ``ratio`` None and a note."""
+    row's spread (q3 − q1) is larger than the difference of the medians, ``ratio`` None and a note."""
     by_name = {e["name"]: e for e in entries if "median" in e}
     results = []
     for c in comparisons:
@@ -395,10 +399,10 @@ def compare(entries: list[dict], comparisons: list[Comparison] = COMPARISONS) ->
             continue
         a, b = by_name[c.faster], by_name[c.baseline]
         difference = abs(a["median"] - b["median"])
-        spread = max(a["high"] - a["low"], b["high"] - b["low"])
+        spread = max(a["q3"] - a["q1"], b["q3"] - b["q1"])
         result = {"name": c.name, "goal": c.goal, "ratio": None}
         if spread > difference:
-            result["note"] = (f"no clear difference: the spread ({spread:.3g} images/s) is larger than the "
+            result["note"] = (f"no clear difference: the spread q3 − q1 ({spread:.3g} images/s) is larger than the "
                               f"difference of the medians ({difference:.3g} images/s)")
         else:
             result["ratio"] = a["median"] / b["median"]
@@ -407,9 +411,9 @@ def compare(entries: list[dict], comparisons: list[Comparison] = COMPARISONS) ->
 
 
 def format_table(entries: list[dict], comparisons: list[dict], device: torch.device) -> str:
-    """The table (median images/s with min–max, ms per sampler step, peak memory, parameters) and the ratios."""
+    """The table (median images/s with q1–q3, ms per sampler step, peak memory, parameters) and the ratios."""
     label = "GPU" if device.type == "cuda" else device.type.upper()
-    lines = [f"{'row':58s} {'images/s':>9s} {'min–max':>17s} {'ms/step':>8s} {'peak mem':>9s} {'params':>10s}"
+    lines = [f"{'row':58s} {'images/s':>9s} {'q1–q3':>17s} {'ms/step':>8s} {'peak mem':>9s} {'params':>10s}"
              f"  ({label} numbers)", "-" * 118]
     for e in entries:
         if "skipped" in e:
@@ -418,7 +422,7 @@ def format_table(entries: list[dict], comparisons: list[dict], device: torch.dev
         ms = f"{e['ms_per_step']:.1f}" if "ms_per_step" in e else ""
         mem = "" if e["peak_memory_mib"] is None else f"{e['peak_memory_mib']:.0f} MiB"
         params = f"{e['parameters']:,}" if "parameters" in e else ""
-        lines.append(f"{e['name']:58s} {e['median']:9.1f} {e['low']:8.1f}–{e['high']:<8.1f} {ms:>8s} {mem:>9s} "
+        lines.append(f"{e['name']:58s} {e['median']:9.1f} {e['q1']:8.1f}–{e['q3']:<8.1f} {ms:>8s} {mem:>9s} "
                      f"{params:>10s}")
     if comparisons:
         lines += ["", f"{'comparison':58s} {'ratio':>9s}  goal", "-" * 118]

@@ -37,7 +37,7 @@ def test_rows_are_interleaved_after_every_setup(monkeypatch):
     assert events == ["setup A", "setup B", "A", "B", "A", "B"]
     for entry in entries:
         assert len(entry["images_per_second"]) == TINY.repeats
-        assert entry["low"] <= entry["median"] <= entry["high"]
+        assert entry["low"] <= entry["q1"] <= entry["median"] <= entry["q3"] <= entry["high"]
 
 
 def test_skipped_rows_say_why(monkeypatch):
@@ -49,8 +49,9 @@ def test_skipped_rows_say_why(monkeypatch):
     assert "CUDA only" in reasons[0] and "diffusers is not installed" in reasons[1] and "--compile" in reasons[2]
 
 
-def _entry(name, rates):
-    return {"name": name, "median": sorted(rates)[len(rates) // 2], "low": min(rates), "high": max(rates)}
+def _entry(name, rates):  # three rounds: q1 and q3 halfway between the median and the extremes
+    low, median, high = sorted(rates)
+    return {"name": name, "median": median, "q1": (low + median) / 2, "q3": (median + high) / 2}
 
 
 def test_comparison_prints_a_ratio_only_when_the_difference_beats_the_spread():
