@@ -11,9 +11,10 @@ of this device — and predicts
 
     training time of a lesson = seconds per update × ``train_steps`` × models the lesson trains.
 
-That is training only: sampling, metrics and plots come on top (at the CPU budget the lessons' wall
-times in ``docs/results.md`` were about 1.3–2× their training time), and lesson 05's CLIP encoder is
-not included. A set-up the time budget did not reach is shown as not measured.
+That is training only: sampling, metrics and plots come on top, and lesson 05's CLIP encoder is not
+included. The measurement is a few updates per set-up, taken under whatever else the machine is doing:
+on a shared machine it is pessimistic, and it uses the threads this process has (``OMP_NUM_THREADS``).
+A set-up the time budget did not reach is shown as not measured.
 """
 from __future__ import annotations
 
