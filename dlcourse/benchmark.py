@@ -281,6 +281,7 @@ _SWITCHES = {  # label -> FastPath switches (each alone, then all together)
     "fused AdamW": {"fused_adamw": True},
 }
 _FAST = {key: value for switches in _SWITCHES.values() for key, value in switches.items()}
+_COMPILE_MODES = {"default": (), "max-autotune": (), "reduce-overhead": ("cuda",)}  # mode -> needs (CUDA graphs)
 _CUDA_ONLY = {"data on device", "bf16 autocast"}  # on a CPU the data is on the device already; bf16: CUDA only here
 
 
@@ -291,7 +292,7 @@ def _train_rows(label: str, model: str, needs: tuple[str, ...]) -> list[Row]:
         rows += [Row(f"train {label}: + {switch}", "train", {"model": model, "fast": fast},
                      ("cuda",) if switch in _CUDA_ONLY else ()) for switch, fast in _SWITCHES.items()]
         rows += [Row(f"train {label}: + torch.compile ({mode})", "train", {"model": model, "fast": {"compile": mode}},
-                     ("compile",)) for mode in ("default", "max-autotune")]
+                     ("compile", *needs)) for mode, needs in _COMPILE_MODES.items()]
     rows.append(Row(f"train {label}: fast path (all of the above)", "train", {"model": model, "fast": _FAST},
                     ("cuda", *needs)))
     return rows
@@ -314,7 +315,9 @@ COMPARISONS: list[Comparison] = [
     Comparison("fast path vs fp32 eager (our U-Net)", "train U-Net: fast path (all of the above)",
                "train U-Net: fp32 eager", "≥ 2× on an H100-class GPU"),
     *(Comparison(f"{switch} vs fp32 eager", f"train U-Net: + {switch}", "train U-Net: fp32 eager", "—")
-      for switch in _SWITCHES),
+      for switch in (*_SWITCHES, *(f"torch.compile ({mode})" for mode in _COMPILE_MODES))),
+    Comparison("fast path + torch.compile vs fp32 eager", "train U-Net: fast path + torch.compile (default)",
+               "train U-Net: fp32 eager", "≥ 2× on an H100-class GPU"),
     Comparison("our U-Net vs equal-parameter diffusers peer, fp32 eager", "train U-Net: fp32 eager",
                "train diffusers peer: fp32 eager", "≥ 1.0×"),
     Comparison("our U-Net vs equal-parameter diffusers peer, fast path", "train U-Net: fast path (all of the above)",
