@@ -73,7 +73,7 @@ def _torch_build() -> Check:
         return Check("torch build", None, f"CPU build{gpu_note}")
     if not torch.cuda.is_available():
         return Check("torch build", None, f"CUDA {torch.version.cuda} build, but no CUDA GPU is usable: the CPU "
-                     "wheel is a few GB smaller (README, Install)")
+                     "wheel is a few GB smaller (README: 'No GPU?')")
     return Check("torch build", True, f"CUDA {torch.version.cuda} build")
 
 
