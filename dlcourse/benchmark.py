@@ -25,6 +25,7 @@ JSON (default ``runs/benchmark.json``). CPU numbers are labelled as CPU: they sa
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import statistics
@@ -209,7 +210,7 @@ def train_trial(settings: Settings, device: torch.device, *, model: str, fast: d
 
     data = torch.randn(4 * settings.batch_size, 3, settings.image_size, settings.image_size)
     run = TrainStep(net, loss_fn, data, batch_size=settings.batch_size, lr=1e-4, device=device, fast=switches)
-    steps = iter(range(10**12))
+    steps = itertools.count()
 
     def block(n: int = settings.timed_steps) -> None:
         for _ in range(n):
