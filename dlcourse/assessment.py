@@ -14,7 +14,6 @@ A submission folder (written by :func:`export`) holds:
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from pathlib import Path
@@ -25,7 +24,7 @@ from .data.flowers import _CLASS_PETALS, CLASSES, PETAL_COLOURS
 from .files import write_atomically
 from .guidance import one_hot
 from .schedules import Schedule, scaled_linear_betas
-from .validation import describe, fail
+from .validation import check_real, describe, fail
 
 __all__ = ["CONTEXT_DIM", "PAIRS", "NOTEBOOK_FILE", "ANSWERS_FILE", "W_RANGE", "flower_context",
            "assessment_schedule", "export", "check_submission"]
@@ -51,10 +50,7 @@ def assessment_schedule(T: int) -> Schedule:
 
 
 def _check_w(w) -> float:
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) \
-            or not W_RANGE[0] <= w <= W_RANGE[1]:
-        raise fail("w", f"a number in [{W_RANGE[0]:g}, {W_RANGE[1]:g}] (the guidance weight)", describe(w))
-    return float(w)
+    return check_real(w, "w", low=W_RANGE[0], high=W_RANGE[1], hint=" (the guidance weight)")
 
 
 def check_submission(folder: str | os.PathLike) -> list[str]:

@@ -23,6 +23,7 @@ __all__ = [
     "one_hot",
     "context_mask",
     "apply_context_mask",
+    "cfg_loss",
     "cfg_eps",
     "guided_eps_fn",
     "two_pass_guided_eps_fn",
@@ -73,6 +74,22 @@ def apply_context_mask(c: torch.Tensor, c_mask: torch.Tensor) -> torch.Tensor:
         raise fail("c_mask", "values 0 (drop the context) or 1 (keep it)",
                    f"other values, e.g. {c_mask[(c_mask != 0) & (c_mask != 1)][0].item()}")
     return c * c_mask.to(c.dtype).reshape(-1, *([1] * (c.dim() - 1)))
+
+
+def cfg_loss(model: Callable, x0: torch.Tensor, c: torch.Tensor, schedule: Schedule, drop_prob: float = 0.1,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training loss of a CFG model: ‖ε − ε_θ(x_t, t, m·c)‖² (mean), with, per sample i,
+    t_i ~ U{0, …, T−1}, ε_i ~ N(0, I), x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε and m_i ~ Bernoulli(1 − drop_prob).
+
+    ``model(x_t, t, c, c_mask)`` (e.g. ``ConditionalUNet``) drops each masked row of ``c`` whole.
+    """
+    n = x0.shape[0]
+    where = generator.device if generator is not None else x0.device
+    c_mask = context_mask(n, drop_prob, generator=generator, device=x0.device)
+    t = torch.randint(0, schedule.T, (n,), generator=generator, device=where).to(x0.device)
+    noise = torch.randn(x0.shape, generator=generator, device=where).to(x0.device)
+    eps_pred = model(schedule.q_sample(x0, t, noise), t, c, c_mask)
+    return torch.nn.functional.mse_loss(eps_pred.float(), noise.float())
 
 
 def cfg_eps(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, w) -> torch.Tensor:

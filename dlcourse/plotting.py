@@ -3,10 +3,18 @@
 Inputs. Images are tensors N×C×H×W (C = 1 or 3) in ``value_range`` (default
 [−1, 1], the course's convention), a single C×H×W tensor, a list of such
 tensors, or a list of PIL images (0…255; ``value_range`` is then ignored).
-Float values outside ``value_range`` are clamped silently: noisy images x_t
-naturally leave [−1, 1]. Values far outside it (more than ten range-widths
-away, e.g. 0…255 floats shown with the default range) and NaN/inf raise a
+Float values outside ``value_range`` are clamped for display. Noisy images
+x_t naturally leave [−1, 1] a little, so that is silent. Values *far* outside
+(more than 2.5 range-widths away: more than pure noise ever reaches) mean a
+model went wrong, or the range is wrong; they are still shown, clamped, and
+:func:`show_images` (and the strips) say so in the title: the share of values
+outside the range and the likely causes. NaN/inf values are shown in magenta
+and counted in the title. Wrong shapes, dtypes or ranges raise a
 ``ValueError``; integer tensors (uint8) need ``value_range=(0, 255)``.
+
+Quick mode. Models trained on the quick (CI) budget draw noise; wrap the title
+of a figure of samples in :func:`quick_mode_title` and it says so in that mode
+(and is unchanged in the others).
 
 Figures. Every helper takes ``ax=None``. With an ``ax`` it draws there and
 returns that axes (the figure is yours). Without one it makes its own figure,
@@ -19,6 +27,7 @@ matplotlib call that draws the data (``imshow`` or ``plot``).
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +36,7 @@ import torch
 from .validation import check_images, check_positive_int, describe, fail
 
 __all__ = [
+    "quick_mode_title",
     "image_grid",
     "show_images",
     "forward_strip",
@@ -36,8 +46,28 @@ __all__ = [
     "plot_losses",
 ]
 
-# Floats farther than this many range-widths outside value_range are a wrong range, not noise.
-_FAR_OUTSIDE = 10.0
+# Floats farther than this many range-widths outside value_range are not noise: a model went wrong.
+# Pure noise x_T ~ N(0, I) stays within ±6 (P(|z| > 6) ≈ 2e-9 per value).
+_FAR_OUTSIDE = 2.5
+# Colour of NaN/inf pixels (magenta: no flower is that colour, and it is not a clamped ±1).
+_NONFINITE_RGB = (1.0, 0.0, 1.0)
+_LIKELY_CAUSES = ("likely: x̂₀ not clipped, too few sampling steps or too little training, "
+                  "a wrong ε coefficient, or a wrong value_range")
+QUICK_MODE_NOTE = "quick mode: untrained —\nsee docs/results.md for what the cpu/full budget draws"
+
+
+def quick_mode_title(title: str = "") -> str:
+    """``title`` plus a note, under the quick (CI) budget only, that the model is untrained and its samples noise.
+
+    Use it for figures of samples (not of data): ``show_images(x, title=quick_mode_title("DDIM, 50 steps"))``.
+    """
+    from .config import is_quick
+
+    if not isinstance(title, str):
+        raise fail("title", "a str", describe(title))
+    if not is_quick():
+        return title
+    return f"{title}\n({QUICK_MODE_NOTE})" if title else f"({QUICK_MODE_NOTE})"
 
 
 def _pyplot():
@@ -68,7 +98,7 @@ def _pil_to_array(images: list) -> np.ndarray:
     return np.stack(arrays)
 
 
-def _tensor_to_array(x: torch.Tensor, value_range: tuple[float, float]) -> np.ndarray:
+def _tensor_to_array(x: torch.Tensor, value_range: tuple[float, float]) -> tuple[np.ndarray, str | None]:
     low, high = value_range
     if x.dim() == 3:
         x = x.unsqueeze(0)
@@ -85,21 +115,36 @@ def _tensor_to_array(x: torch.Tensor, value_range: tuple[float, float]) -> np.nd
         raise fail("x", f"a float tensor for value_range={value_range} (pass value_range=(0, 255) "
                    "for uint8 images)", describe(x))
     x = x.detach().to("cpu", torch.float32)
-    if not torch.isfinite(x).all():
-        raise fail("x", "finite values", f"{int((~torch.isfinite(x)).sum())} NaN/inf values in {describe(x)}")
-    span = high - low
-    lo_seen, hi_seen = x.min().item(), x.max().item()
-    if lo_seen < low - _FAR_OUTSIDE * span or hi_seen > high + _FAR_OUTSIDE * span:
-        raise fail("x", f"values roughly inside value_range={value_range} (is the range right?)",
-                   f"values in [{lo_seen:.3g}, {hi_seen:.3g}]")
-    x = ((x - low) / span).clamp(0.0, 1.0)
+    finite = torch.isfinite(x)
+    note = _range_note(x, finite, low, high)
+    x = ((x.nan_to_num(0.0, 0.0, 0.0) - low) / (high - low)).clamp(0.0, 1.0)
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
-    return x.permute(0, 2, 3, 1).numpy()
+        finite = finite.expand(-1, 3, -1, -1)
+    x = x.permute(0, 2, 3, 1).numpy().copy()
+    x[~finite.permute(0, 2, 3, 1).all(-1).numpy()] = _NONFINITE_RGB
+    return x, note
 
 
-def _to_tiles(x, value_range) -> np.ndarray:
-    """Images in any accepted form → float32 array N×H×W×3 in [0, 1]."""
+def _range_note(x: torch.Tensor, finite: torch.Tensor, low: float, high: float) -> str | None:
+    """A one-line warning when x has NaN/inf or values far outside [low, high]; None when it looks like images."""
+    span = high - low
+    parts = []
+    n_bad = int((~finite).sum())
+    if n_bad:
+        parts.append(f"{n_bad} NaN/inf values shown in magenta (did the training diverge?)")
+    seen = x[finite]
+    if seen.numel():
+        lo_seen, hi_seen = seen.min().item(), seen.max().item()
+        if lo_seen < low - _FAR_OUTSIDE * span or hi_seen > high + _FAR_OUTSIDE * span:
+            outside = ((seen < low) | (seen > high)).float().mean().item()
+            parts.append(f"clamped for display: {outside:.0%} of values outside [{low:g}, {high:g}] "
+                         f"(seen [{lo_seen:.4g}, {hi_seen:.4g}]); {_LIKELY_CAUSES}")
+    return "; ".join(parts) or None
+
+
+def _to_tiles(x, value_range) -> tuple[np.ndarray, str | None]:
+    """Images in any accepted form → (float32 array N×H×W×3 in [0, 1], warning for the title or None)."""
     from PIL import Image
 
     value_range = _check_value_range(value_range)
@@ -109,7 +154,7 @@ def _to_tiles(x, value_range) -> np.ndarray:
         if not x:
             raise fail("x", "at least one image", "an empty list")
         if all(isinstance(im, Image.Image) for im in x):
-            return _pil_to_array(list(x))
+            return _pil_to_array(list(x)), None
         if all(isinstance(im, torch.Tensor) for im in x):
             parts = [im.unsqueeze(0) if im.dim() == 3 else im for im in x]
             if len({p.shape[1:] for p in parts}) != 1 or any(p.dim() != 4 for p in parts):
@@ -145,12 +190,14 @@ def image_grid(x, nrow: int | None = None, padding: int = 2, value_range=(-1, 1)
     ``nrow`` counts images per row (torchvision's convention; default ⌈√N⌉);
     the last row may be incomplete. Tiles are separated by ``padding`` white
     pixels (no outer border); empty cells are white. Pixel values map as
-    (x − low) / (high − low), clamped to [0, 1]. Accepts everything
-    :func:`show_images` accepts; used by the GIF, animation and widget code.
+    (x − low) / (high − low), clamped to [0, 1]; NaN/inf pixels are magenta.
+    Accepts everything :func:`show_images` accepts; used by the GIF, animation
+    and widget code (which have no title to warn in: use :func:`show_images`
+    to see why a grid is saturated).
     """
     if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
         raise fail("padding", "a non-negative int", describe(padding))
-    tiles = _to_tiles(x, value_range)
+    tiles, _ = _to_tiles(x, value_range)
     per_row, rows = _layout(len(tiles), nrow)
     return _grid_from_tiles(tiles, per_row, rows, padding)
 
@@ -168,18 +215,33 @@ def _default_figsize(per_row: int, rows: int) -> tuple[float, float]:
     return per_row * inches, rows * inches
 
 
-def show_images(x, *, value_range=(-1, 1), nrow: int | None = None, titles=None, row_titles=None,
-                col_titles=None, ax=None, figsize=None, padding: int = 2, **kwargs):
+def _full_title(title, ax, note: str | None) -> str | None:
+    """The caller's title (or the axes' own), then the out-of-range warning wrapped to fit a small figure."""
+    if title is None and ax is not None:
+        title = ax.get_title() or None
+    lines = [title] if title else []
+    if note:
+        lines.append(textwrap.fill(f"⚠ {note}", 70))
+    return "\n".join(lines) or None
+
+
+def show_images(x, *, value_range=(-1, 1), nrow: int | None = None, title: str | None = None, titles=None,
+                row_titles=None, col_titles=None, ax=None, figsize=None, padding: int = 2, **kwargs):
     """Show images as one grid on one axes (fast for hundreds of tiles).
 
     ``nrow``: images per row (default ⌈√N⌉, or ``len(col_titles)``, or enough
-    columns for ``len(row_titles)`` rows). ``row_titles`` / ``col_titles`` are
+    columns for ``len(row_titles)`` rows). ``title`` goes above the grid (wrap it
+    in :func:`quick_mode_title` for samples). ``row_titles`` / ``col_titles`` are
     drawn beside / above the tiles. ``titles`` (one per image, meant for a few
     images) switches to one subplot per image and needs ``ax=None``.
+    Images far outside ``value_range`` or with NaN/inf are shown anyway (clamped,
+    NaN in magenta) and the title says how much and the likely causes.
     Returns the new ``Figure`` when ``ax`` is None, else ``ax``.
     """
     plt = _pyplot()
-    tiles = _to_tiles(x, value_range)
+    if title is not None and not isinstance(title, str):
+        raise fail("title", "a str (e.g. quick_mode_title(\"samples\"))", describe(title))
+    tiles, note = _to_tiles(x, value_range)
     n = len(tiles)
     if nrow is None and col_titles is not None and not isinstance(col_titles, str):
         nrow = len(col_titles)
@@ -204,6 +266,9 @@ def show_images(x, *, value_range=(-1, 1), nrow: int | None = None, titles=None,
             if i < n:
                 sub.imshow(tiles[i], **kwargs)
                 sub.set_title(titles[i], fontsize="small")
+        heading = _full_title(title, None, note)
+        if heading:
+            fig.suptitle(heading, fontsize="small")
         plt.close(fig)
         return fig
 
@@ -218,6 +283,10 @@ def show_images(x, *, value_range=(-1, 1), nrow: int | None = None, titles=None,
         ax.text(-padding - 1, r * (h + padding) + h / 2, label, ha="right", va="center", fontsize="small")
     for c, label in enumerate(col_titles or []):
         ax.text(c * (w + padding) + w / 2, -padding - 1, label, ha="center", va="bottom", fontsize="small")
+    heading = _full_title(title, ax, note)
+    if heading:
+        label_lines = max((label.count("\n") + 1 for label in col_titles or []), default=0)
+        ax.set_title(heading, fontsize="small", pad=6 + 11 * label_lines)  # above the column titles
     if fig is not None:
         plt.close(fig)
         return fig

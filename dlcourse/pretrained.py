@@ -22,6 +22,15 @@ from types import SimpleNamespace
 
 import torch
 
+from dlcourse import config
+from dlcourse.data import load_flowers
+from dlcourse.device import get_device
+from dlcourse.files import write_atomically
+from dlcourse.guidance import guided_eps_fn, one_hot
+from dlcourse.metrics import class_accuracy, diversity, frechet_distance, load_evaluator
+from dlcourse.models import count_parameters, load_model, save_model
+from dlcourse.sampling import ddim_sample
+from dlcourse.schedules import Schedule, scaled_linear_betas
 from dlcourse.validation import describe, fail
 
 __all__ = ["REFERENCES", "WEIGHTS", "available", "load", "save_reference", "score"]
@@ -52,8 +61,6 @@ def available() -> list[str]:
 
 
 def _schedule(T: int):
-    from dlcourse.schedules import Schedule, scaled_linear_betas
-
     return Schedule(scaled_linear_betas(T))
 
 
@@ -63,11 +70,6 @@ def score(model, schedule, kind: str, *, n: int = CHECK["n"], steps: int = CHECK
     ``seed``) and score them with the shipped evaluator against the test split:
     FID for every kind, and for ``kind="class"`` (balanced classes, guidance weight ``w``) the
     class accuracy and within-class diversity."""
-    from dlcourse.data import load_flowers
-    from dlcourse.guidance import guided_eps_fn, one_hot
-    from dlcourse.metrics import class_accuracy, diversity, frechet_distance, load_evaluator
-    from dlcourse.sampling import ddim_sample
-
     if kind not in ("unconditional", "class"):
         raise fail("kind", "'unconditional' or 'class'", describe(kind))
     size = image_size or model.config["image_size"]
@@ -97,10 +99,6 @@ def save_reference(name: str, model, schedule, *, folder=None, w: float = 0.0, n
     schedule, the budget in force, the machine and date, and its :func:`score` at the check settings
     (guidance weight ``w`` for class models). ``notes``: extra JSON-able facts (e.g. the lesson's
     measured numbers). Returns the folder."""
-    from dlcourse import config
-    from dlcourse.files import write_atomically
-    from dlcourse.models import count_parameters, save_model
-
     _check_name(name)
     folder = Path(folder) if folder is not None else Path("runs") / "reference" / name
     model = model.eval()
@@ -128,9 +126,6 @@ def save_reference(name: str, model, schedule, *, folder=None, w: float = 0.0, n
 def load(name: str, device=None) -> SimpleNamespace:
     """The shipped reference ``name`` (see :data:`REFERENCES`): ``.model`` (eval mode, on ``device``,
     default :func:`dlcourse.get_device`), ``.schedule`` (on the same device) and ``.info``."""
-    from dlcourse import get_device
-    from dlcourse.models import load_model
-
     _check_name(name)
     folder = WEIGHTS / name
     if not (folder / "reference.json").is_file():

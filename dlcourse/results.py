@@ -32,7 +32,7 @@ __all__ = ["TAG", "MAX_PNG_BYTES", "LESSONS", "machine", "run_notebook", "harves
 
 TAG = "results"
 MAX_PNG_BYTES = 200_000
-LESSONS = ("01_unet_denoiser", "02_ddpm", "03_optimizations", "04_classifier_free_guidance")
+LESSONS = ("01_unet_denoiser", "02_ddpm", "03_optimizations", "04_classifier_free_guidance", "05_clip_conditioning")
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -16,8 +16,9 @@ from typing import Callable, Iterable
 import torch
 from tqdm.auto import tqdm
 
-from dlcourse.schedules import Schedule
-from dlcourse.validation import check_positive_int, describe, fail
+from dlcourse.device import get_device
+from dlcourse.schedules import Schedule, check_eta
+from dlcourse.validation import check_int, check_positive_int, describe, fail, is_int
 
 __all__ = ["ddim_timesteps", "ddpm_sample", "ddim_sample"]
 
@@ -30,8 +31,7 @@ def ddim_timesteps(T: int, steps: int) -> list[int]:
     Descending, strictly decreasing, starting at T − 1 (the noisiest step is never skipped).
     """
     check_positive_int(T, "T")
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
-        raise fail("steps", f"an int in [1, T = {T}]", describe(steps))
+    check_int(steps, "steps", low=1, high=T, expected=f"an int in [1, T = {T}]")
     return [k * T // steps - 1 for k in range(steps, 0, -1)]
 
 
@@ -43,15 +43,13 @@ def _check_schedule(schedule) -> None:
 def _start(shape, x_T, generator, device, dtype) -> torch.Tensor:
     """x_T: the given one (checked against ``shape``) or N(0, I) drawn on ``generator``."""
     if (not isinstance(shape, (tuple, list, torch.Size)) or len(shape) < 1
-            or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape)):
+            or not all(is_int(s, 1) for s in shape)):
         raise fail("shape", "a tuple of positive ints, e.g. (N, C, H, W)", describe(shape))
     if x_T is not None:
         if not isinstance(x_T, torch.Tensor) or not x_T.is_floating_point() or tuple(x_T.shape) != tuple(shape):
             raise fail("x_T", f"a float tensor of shape {tuple(shape)}", describe(x_T))
         return x_T.to(device) if device is not None else x_T
     if device is None:
-        from dlcourse import get_device
-
         device = get_device()
     return _randn(tuple(shape), generator, device, dtype)
 
@@ -76,7 +74,7 @@ def _trajectory_ts(trajectory_at, visited: list[int]) -> set[int] | None:
         ts = list(ts)
     except TypeError:
         raise fail("trajectory_at", "an iterable of t's or the string 'all'", describe(trajectory_at)) from None
-    wrong = [t for t in ts if isinstance(t, bool) or not isinstance(t, int) or t not in allowed]
+    wrong = [t for t in ts if not is_int(t) or t not in allowed]
     if wrong:
         shown = allowed if len(allowed) <= 12 else [*allowed[:5], "…", *allowed[-5:]]
         raise fail("trajectory_at", f"steps the sampler visits (or −1 for the final sample): {shown}",
@@ -140,8 +138,7 @@ def ddim_sample(eps_fn: EpsFn, schedule: Schedule, shape, *, steps: int = 50, et
     """
     _check_schedule(schedule)
     ts = ddim_timesteps(schedule.T, steps)
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0:
-        raise fail("eta", "a float ≥ 0 (0 = deterministic DDIM, 1 = DDPM-like noise)", describe(eta))
+    eta = check_eta(eta)
     x = _start(shape, x_T, generator, device, schedule.dtype)
     record, trajectory = _trajectory_ts(trajectory_at, ts), {}
     with torch.no_grad():

@@ -16,7 +16,8 @@ import math
 
 import torch
 
-from dlcourse.validation import check_float_tensor, check_positive_int, describe, fail
+from dlcourse.validation import (check_float_tensor, check_positive_int, check_real, check_timesteps, costs_no_sync,
+                                 describe, fail, is_int)
 
 __all__ = [
     "linear_betas",
@@ -36,9 +37,7 @@ def _check_x0_mode(x0_mode, percentile) -> None:
     if x0_mode not in X0_MODES:
         raise fail("x0_mode", "'none' (the plain formula), 'clip' (x̂_0 to [−1, 1]) or "
                    "'dynamic' (Imagen's dynamic thresholding)", describe(x0_mode))
-    if (isinstance(percentile, bool) or not isinstance(percentile, (int, float))
-            or not 0.5 <= float(percentile) <= 1.0):
-        raise fail("percentile", "a quantile in [0.5, 1] (Imagen uses 0.995)", describe(percentile))
+    check_real(percentile, "percentile", low=0.5, high=1.0, hint=" (a quantile; Imagen uses 0.995)")
 
 
 def dynamic_threshold(x0_pred: torch.Tensor, percentile: float = 0.995) -> torch.Tensor:
@@ -79,8 +78,7 @@ def _x0_and_eps(x: torch.Tensor, eps: torch.Tensor, ab: torch.Tensor, x0_mode: s
 
 def _check_beta_range(beta_start, beta_end) -> None:
     for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
-            raise fail(name, "a float in (0, 1)", describe(value))
+        check_real(value, name, low=0, high=1, low_open=True, high_open=True)
     if beta_start > beta_end:
         raise fail("beta_start", f"at most beta_end = {beta_end}", describe(beta_start))
 
@@ -110,24 +108,16 @@ def cosine_betas(T: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Ten
     Without the cap, ᾱ_t = f(t+1)/f(0). float64 (T,).
     """
     check_positive_int(T, "T")
-    if isinstance(s, bool) or not isinstance(s, (int, float)) or not s >= 0:
-        raise fail("s", "a non-negative float offset", describe(s))
-    if isinstance(max_beta, bool) or not isinstance(max_beta, (int, float)) or not 0.0 < max_beta < 1.0:
-        raise fail("max_beta", "a float in (0, 1)", describe(max_beta))
+    s = check_real(s, "s", low=0, hint=" (the offset)")
+    max_beta = check_real(max_beta, "max_beta", low=0, high=1, low_open=True, high_open=True)
     u = torch.arange(T + 1, dtype=torch.float64)
     f = torch.cos((u / T + s) / (1 + s) * math.pi / 2) ** 2
     return (1 - f[1:] / f[:-1]).clamp(max=max_beta)
 
 
-def _check_t(t, n: int, T: int, name: str = "t") -> torch.Tensor:
-    """t: an integer tensor of shape (n,) with values in [0, T−1]."""
-    if not isinstance(t, torch.Tensor) or t.dtype == torch.bool or t.is_floating_point() or t.is_complex():
-        raise fail(name, f"a torch.long tensor of shape ({n},) (one time step per sample)", describe(t))
-    if tuple(t.shape) != (n,):
-        raise fail(name, f"shape ({n},) to match the batch size of the images", describe(t))
-    if n and (int(t.min()) < 0 or int(t.max()) > T - 1):
-        raise fail(name, f"values in [0, {T - 1}] (t is 0-based)", f"min {int(t.min())}, max {int(t.max())}")
-    return t
+def check_eta(eta) -> float:
+    """η of DDIM: a finite real number ≥ 0 (0 = deterministic DDIM, 1 = DDPM-like noise), as a float."""
+    return check_real(eta, "eta", low=0, hint=" (0 = deterministic DDIM, 1 = DDPM-like noise)")
 
 
 def _check_x(x, name: str) -> torch.Tensor:
@@ -222,7 +212,7 @@ class Schedule:
     def _check(self, x, t, name: str = "x") -> torch.Tensor:
         """Validate images x and times t; return x in the math dtype."""
         _check_x(x, name)
-        _check_t(t, x.shape[0], self.T)
+        check_timesteps(t, "t", self.T, batch=x.shape[0])
         return x.to(self._math_dtype(x))
 
     # --- forward process -----------------------------------------------------------------------
@@ -295,18 +285,17 @@ class Schedule:
         ε = (x_t − √ᾱ_t x̂_0)/√(1−ᾱ_t) before the update; ``"none"`` (default) is the formula above.
         """
         _check_x0_mode(x0_mode, percentile)
-        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not eta >= 0:
-            raise fail("eta", "a float ≥ 0 (0 = deterministic DDIM, 1 = DDPM-like noise)", describe(eta))
+        eta = check_eta(eta)
         x = self._check(x_t, t, "x_t")
         eps = _check_like(eps_pred, x_t, "eps_pred", "x_t").to(x.dtype)
-        if isinstance(t_prev, int) and not isinstance(t_prev, bool):
-            t_prev = torch.full_like(t, t_prev)
+        if is_int(t_prev):
+            t_prev = torch.full_like(t, int(t_prev))
         elif not isinstance(t_prev, torch.Tensor) or t_prev.dtype == torch.bool or t_prev.is_floating_point():
             raise fail("t_prev", "an int or an integer tensor of shape (N,)", describe(t_prev))
         if tuple(t_prev.shape) != tuple(t.shape):
             raise fail("t_prev", f"shape {tuple(t.shape)} like t", describe(t_prev))
         t_prev = t_prev.to(t.device)
-        if len(t) and (int(t_prev.min()) < -1 or bool((t_prev >= t).any())):
+        if len(t) and costs_no_sync(t) and (int(t_prev.min()) < -1 or bool((t_prev >= t).any())):
             raise fail("t_prev", "values in [−1, t − 1] (an earlier step; −1 = the clean image)",
                        f"t_prev min {int(t_prev.min())}, max {int(t_prev.max())} with t min {int(t.min())}")
         ab = self._coef(self.alpha_bars, t, x)

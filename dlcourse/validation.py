@@ -102,11 +102,22 @@ def is_real(v) -> bool:
     return value is not None and math.isfinite(value)
 
 
-def check_int(v, name: str, *, low: int | None = None, expected: str | None = None) -> int:
-    """An integer (Python or numpy, not bool) >= ``low``, as a Python int."""
-    if not is_int(v, low):
-        raise fail(name, expected or ("an int" if low is None else f"an int >= {low}"), describe(v))
+def check_int(v, name: str, *, low: int | None = None, high: int | None = None,
+              expected: str | None = None) -> int:
+    """An integer (Python or numpy, not bool) in [``low``, ``high``] (either bound optional), as a Python int."""
+    if not is_int(v, low) or (high is not None and v > high):
+        if expected is None:
+            expected = ("an int" if low is None else f"an int >= {low}") if high is None else \
+                (f"an int <= {high}" if low is None else f"an int in [{low}, {high}]")
+        raise fail(name, expected, describe(v))
     return int(v)
+
+
+def check_bool(v, name: str) -> bool:
+    """True or False (numpy bools too), as a Python bool."""
+    if not isinstance(v, (bool, np.bool_)):
+        raise fail(name, "True or False", describe(v))
+    return bool(v)
 
 
 def check_seed(v, name: str = "seed") -> int:
@@ -126,14 +137,27 @@ def check_choice(v, name: str, choices):
     return v
 
 
+def costs_no_sync(t: torch.Tensor) -> bool:
+    """True when reading ``t``'s values costs no device synchronisation (a CPU tensor).
+
+    Per-step functions (a reverse step, a U-Net forward) check value ranges only then, so a sampler
+    loop on a GPU never waits on the device; sampler loops check their timesteps once per run as ints.
+    """
+    return t.device.type == "cpu"
+
+
 def check_timesteps(t, name: str, T: int, batch: int | None = None) -> torch.Tensor:
-    """An integer tensor of timesteps in {0, …, T−1} (1-D of length ``batch`` when given)."""
+    """An integer tensor of timesteps in {0, …, T−1} (1-D of length ``batch`` when given).
+
+    Dtype and shape are always checked; the value range only where it costs no device sync
+    (:func:`costs_no_sync`).
+    """
     check_tensor(t, name)
     if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-        raise fail(name, "an integer tensor of timesteps (e.g. torch.long)", describe(t))
+        raise fail(name, "an integer tensor of timesteps (e.g. torch.long, one per image)", describe(t))
     if batch is not None and tuple(t.shape) != (batch,):
         raise fail(name, f"a 1-D tensor of {batch} timesteps (one per image)", describe(t))
-    if t.numel() and (int(t.min()) < 0 or int(t.max()) > T - 1):
+    if t.numel() and costs_no_sync(t) and (int(t.min()) < 0 or int(t.max()) > T - 1):
         raise fail(name, f"timesteps in [0, {T - 1}] (0-based, T = {T})",
                    f"values in [{int(t.min())}, {int(t.max())}]")
     return t

@@ -20,7 +20,7 @@ __all__ = ["GuidanceExplorer", "guidance_explorer", "PromptExplorer", "prompt_ex
 DEFAULT_WS = tuple(-2.0 + 0.5 * k for k in range(25))  # −2, −1.5, …, 10
 
 
-def _png(grid: np.ndarray, min_width: int = 384) -> bytes:
+def _png(grid: np.ndarray, min_width: int = 640) -> bytes:
     """H×W×3 floats in [0, 1] → PNG bytes, enlarged by an integer factor (nearest) to ≥ min_width."""
     from PIL import Image
 
@@ -31,6 +31,11 @@ def _png(grid: np.ndarray, min_width: int = 384) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _png_width(png: bytes) -> int:
+    """Width in pixels read from a PNG's header (IHDR: bytes 16–19, big-endian)."""
+    return int.from_bytes(png[16:20], "big")
 
 
 class GuidanceExplorer:
@@ -55,12 +60,13 @@ class GuidanceExplorer:
         from dlcourse.plotting import image_grid
 
         x = self.images[w].clamp(-1, 1)  # large w can push samples far outside the data range
-        if cls == "all":
-            return _png(image_grid(x.flatten(0, 1), nrow=x.shape[1]))
+        if cls == "all":  # one column per class, its samples down the column
+            return _png(image_grid(x.transpose(0, 1).flatten(0, 1), nrow=x.shape[0]))
         return _png(image_grid(x[self.classes.index(cls)], nrow=x.shape[1]))
 
     def _caption(self) -> str:
-        return f"w = {self.w:g} (diffusers' guidance_scale = 1 + w = {1 + self.w:g}) · class: {self.cls}"
+        shown = f"columns: {', '.join(self.classes)}" if self.cls == "all" else f"class: {self.cls}"
+        return f"w = {self.w:g} (diffusers' guidance_scale = 1 + w = {1 + self.w:g}) · {shown}"
 
     def _build_widget(self):
         try:
@@ -72,7 +78,9 @@ class GuidanceExplorer:
         self._slider = widgets.FloatSlider(value=self.w, min=self.ws[0], max=self.ws[-1], step=float(step),
                                            description="w", continuous_update=True, readout_format=".1f")
         self._dropdown = widgets.Dropdown(options=["all", *self.classes], value="all", description="class")
-        self._image = widgets.Image(value=self.current_png, format="png")
+        # each PNG is shown at its own width, not stretched to the page
+        self._image = widgets.Image(value=self.current_png, format="png",
+                                    layout=widgets.Layout(width=f"{_png_width(self.current_png)}px"))
         self._label = widgets.Label(self._caption())
         self._slider.observe(lambda change: self.set(w=change["new"]), names="value")
         self._dropdown.observe(lambda change: self.set(cls=change["new"]), names="value")
@@ -98,6 +106,7 @@ class GuidanceExplorer:
             if self._dropdown.value != self.cls:
                 self._dropdown.value = self.cls
             self._image.value = self.current_png
+            self._image.layout.width = f"{_png_width(self.current_png)}px"
             self._label.value = self._caption()
         return self
 

@@ -153,24 +153,7 @@ def test_classifier_guidance_moves_the_denoised_estimate_towards_the_class():
 
 # --- learner self-checks (dlcourse.checks.guidance) ---------------------------------------------
 
-def test_check_context_mask_accepts_a_correct_mask(capsys):
-    from dlcourse.checks.guidance import check_context_mask
-    assert check_context_mask(lambda b, p: (torch.rand(b) >= p).float()).passed
-    assert "✅ context_mask" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("wrong, hint", [
-    (lambda b, p: (torch.rand(b) < p).float(), "inverted"),
-    (lambda b, p: (torch.rand(b, 5) >= p).float(), "ONE value per sample"),
-    (lambda b, p: torch.rand(b) >= p, "convert the boolean mask to float"),
-    (lambda b, p: (torch.rand(b) >= p / 2).float(), "with drop_prob = 1 every context must be dropped"),
-    (lambda b, p: (torch.rand(b) ** 2 >= p).float(), "expected 10% ±"),
-])
-def test_check_context_mask_catches_mistakes(wrong, hint):
-    from dlcourse.checks.guidance import check_context_mask
-    with pytest.raises(AssertionError, match="❌ context_mask") as info:
-        check_context_mask(wrong)
-    assert hint in str(info.value)
+# check_context_mask, check_cfg_loss and check_guided_eps_fn: tests/test_checks_lessons_03_04.py
 
 
 def test_check_cfg_eps_passes_and_diagnoses():

@@ -222,12 +222,12 @@ def test_unet_denoiser_validates():
 @pytest.mark.parametrize("bad_t, got", [
     (torch.tensor([0.5, 1.0]), "torch.float32"),
     (torch.tensor([1, 2, 3]), r"\(3,\)"),
-    (torch.tensor([0, 50]), "values from 0 to 50"),
-    (torch.tensor([-1, 3]), "values from -1 to 3"),
+    (torch.tensor([0, 50]), r"values in \[0, 50\]"),
+    (torch.tensor([-1, 3]), r"values in \[-1, 3\]"),
 ])
 def test_time_unet_validates_t(bad_t, got):
     model = TimeUNet(channels=TINY, image_size=16, T=50)
-    with pytest.raises(ValueError, match=rf"TimeUNet\(T=50\): t: expected a torch.long tensor.*0 ≤ t ≤ T−1 = 49.*{got}"):
+    with pytest.raises(ValueError, match=rf"TimeUNet\(T=50\): t: expected .*timesteps.*{got}"):
         model(torch.randn(2, 3, 16, 16), bad_t)
 
 

@@ -11,10 +11,12 @@ from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from dlcourse.plotting import (  # noqa: E402
+    QUICK_MODE_NOTE,
     animate_denoising,
     forward_strip,
     image_grid,
     plot_losses,
+    quick_mode_title,
     reverse_strip,
     save_gif,
     show_images,
@@ -90,8 +92,6 @@ def test_uint8_needs_0_255_range():
     [
         (torch.zeros(2, 4, 8, 8), {}, "1 or 3 channels"),
         (torch.zeros(2, 8, 8, 3), {}, "permute"),
-        (torch.full((1, 3, 2, 2), float("nan")), {}, "finite"),
-        (torch.full((1, 3, 2, 2), 200.0), {}, "value_range"),
         (torch.zeros(1, 3, 2, 2), {"value_range": (1, -1)}, "low < high"),
         ([], {}, "at least one"),
         (np.zeros((2, 3, 4, 4)), {}, "tensor"),
@@ -100,6 +100,75 @@ def test_uint8_needs_0_255_range():
 def test_bad_images_raise_teaching_errors(x, kwargs, match):
     with pytest.raises(ValueError, match=match):
         image_grid(x, **kwargs)
+
+
+def diverged_samples(n=8, size=8, seed=0):
+    """What a sampler returns from a model gone wrong: most values hundreds of units outside [-1, 1]."""
+    return 450 * torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_far_outside_the_range_is_shown_clamped_with_the_share_and_causes_in_the_title():
+    x = diverged_samples()
+    fig = show_images(x, nrow=4, title="DDPM samples")
+    ax = fig.axes[0]
+    np.testing.assert_allclose(ax.get_images()[0].get_array(), image_grid(x, nrow=4))
+    title = ax.get_title()
+    share = ((x < -1) | (x > 1)).float().mean().item()
+    assert title.startswith("DDPM samples\n⚠ clamped for display")
+    assert f"{share:.0%} of values outside [-1, 1]" in title
+    for cause in ("x̂₀ not clipped", "too few sampling steps", "too little training", "ε coefficient"):
+        assert cause in title.replace("\n", " ")
+    expected = ((x[0].clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(image_grid(x, padding=0)[:8, :8], expected)  # clamped, not rescaled
+
+
+def test_noise_and_slightly_outside_values_get_no_warning():
+    noise = torch.randn(64, 3, 16, 16, generator=torch.Generator().manual_seed(0))  # x_T: up to ~±5
+    assert show_images(noise).axes[0].get_title() == ""
+    assert show_images(images(4) * 1.3, title="x").axes[0].get_title() == "x"
+
+
+def test_warning_joins_a_title_set_on_the_given_axes_and_per_image_titles_use_suptitle():
+    fig, ax = plt.subplots()
+    ax.set_title("lesson 02")
+    show_images(diverged_samples(2), ax=ax)
+    assert ax.get_title().startswith("lesson 02\n⚠ clamped")
+    plt.close(fig)
+    fig = show_images(diverged_samples(2), titles=["a", "b"])
+    assert "clamped for display" in fig._suptitle.get_text()
+
+
+def test_nan_and_inf_are_shown_in_magenta_and_counted():
+    x = images(2, size=4)
+    x[0, :, 0, 0] = float("nan")
+    x[1, 1, 2, 3] = float("inf")
+    grid = image_grid(x, padding=0)
+    np.testing.assert_allclose(grid[0, 0], [1.0, 0.0, 1.0])
+    np.testing.assert_allclose(grid[2, 4 + 3], [1.0, 0.0, 1.0])
+    assert np.isfinite(grid).all()
+    assert (grid[1:, :4] == image_grid(x[:1].nan_to_num(0.0), padding=0)[1:]).all()  # the rest is untouched
+    title = show_images(x).axes[0].get_title()
+    assert "4 NaN/inf values shown in magenta" in title
+
+
+def test_wrong_title_type_raises():
+    with pytest.raises(ValueError, match="title: expected a str"):
+        show_images(images(2), title=["a", "b"])
+
+
+def test_quick_mode_title_says_untrained_only_in_quick_mode(monkeypatch):
+    monkeypatch.setenv("DLCOURSE_BUDGET", "quick")
+    assert quick_mode_title("DDIM samples") == f"DDIM samples\n({QUICK_MODE_NOTE})"
+    assert "untrained" in quick_mode_title() and "docs/results.md" in quick_mode_title()
+    monkeypatch.setenv("DLCOURSE_BUDGET", "cpu")
+    assert quick_mode_title("DDIM samples") == "DDIM samples"
+    fig = show_images(images(4), title=quick_mode_title("samples"))
+    assert fig.axes[0].get_title() == "samples"
+
+
+def test_strips_pass_the_title_through_above_the_column_labels():
+    fig = reverse_strip(trajectory(), title="reverse process")
+    assert fig.axes[0].get_title() == "reverse process"
 
 
 def test_show_images_returns_closed_figure_with_one_image():

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from dlcourse.validation import check_choice, check_int, check_real, check_seed, check_timesteps
+from dlcourse.validation import check_bool, check_choice, check_int, check_real, check_seed, check_timesteps, costs_no_sync
 
 
 @pytest.mark.parametrize("v", [1, 0.5, np.float32(0.5), np.float16(0.5), np.int8(1), torch.tensor(0.5),
@@ -51,3 +51,44 @@ def test_check_timesteps_dtype_shape_and_range():
         check_timesteps(torch.tensor([0.0]), "t", T=10)
     with pytest.raises(ValueError, match="t: expected a 1-D tensor of 3 timesteps"):
         check_timesteps(t, "t", T=10, batch=3)
+
+
+def test_step_functions_read_t_values_only_where_no_device_sync():
+    """Per-step checks never read a device tensor's values (that would sync every step on a GPU).
+
+    A meta-device t has no values at all: reading them would raise, so passing proves the range is
+    not read; a CPU t still gets its range checked.
+    """
+    from dlcourse.models import TimeUNet
+    from dlcourse.schedules import Schedule, linear_betas
+
+    t_meta = torch.tensor([3, 99], device="meta")
+    assert not costs_no_sync(t_meta) and costs_no_sync(torch.tensor([3]))
+    assert check_timesteps(t_meta, "t", T=10, batch=2) is t_meta
+    with pytest.raises(ValueError, match="dtype torch.float32"):
+        check_timesteps(t_meta.float(), "t", T=10)
+    sched = Schedule(linear_betas(10))
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"values in \[3, 99\]"):
+        sched.ddim_step(x, torch.tensor([3, 99]), 1, x)
+    model = TimeUNet(channels=(8,), image_size=4, T=10).to("meta")
+    assert model(torch.randn(2, 3, 4, 4, device="meta"), t_meta).shape == (2, 3, 4, 4)
+
+
+def test_eta_and_bool_helpers_accept_numpy_and_refuse_the_rest():
+    from dlcourse.sampling import ddim_timesteps
+    from dlcourse.schedules import check_eta
+
+    assert check_eta(np.float32(0.5)) == 0.5 and check_eta(torch.tensor(1.0)) == 1.0
+    for bad in (float("inf"), -1e-9, "0", None):
+        with pytest.raises(ValueError, match="^eta: expected a finite real number >= 0"):
+            check_eta(bad)
+    assert check_bool(np.bool_(True), "flag") is True
+    with pytest.raises(ValueError, match="flag: expected True or False, got int 1"):
+        check_bool(1, "flag")
+    assert ddim_timesteps(10, np.int64(5)) == [9, 7, 5, 3, 1]
+    with pytest.raises(ValueError, match=r"steps: expected an int in \[1, T = 10\]"):
+        ddim_timesteps(10, 11)
+    assert check_int(5, "n", low=1, high=5) == 5
+    with pytest.raises(ValueError, match=r"n: expected an int in \[1, 4\]"):
+        check_int(5, "n", low=1, high=4)

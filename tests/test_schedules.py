@@ -90,11 +90,11 @@ def test_schedule_rejects_bad_betas(betas, match):
 
 def test_input_validation(sched):
     x = torch.randn(4, 3, 2, 2)
-    with pytest.raises(ValueError, match="t: expected a torch.long"):
+    with pytest.raises(ValueError, match="t: expected an integer tensor of timesteps"):
         sched.q_sample(x, torch.full((4,), 3.0), x)
-    with pytest.raises(ValueError, match=r"t: expected values in \[0, 99\].*min -1, max 100"):
+    with pytest.raises(ValueError, match=r"t: expected timesteps in \[0, 99\] \(0-based.*values in \[-1, 100\]"):
         sched.q_sample(x, torch.tensor([-1, 0, 5, 100]), x)
-    with pytest.raises(ValueError, match=r"t: expected shape \(4,\)"):
+    with pytest.raises(ValueError, match=r"t: expected a 1-D tensor of 4 timesteps"):
         sched.q_sample(x, full(1, 3), x)
     with pytest.raises(ValueError, match="x0: expected a floating-point"):
         sched.q_sample(x.long(), full(1, 4), x)
@@ -102,8 +102,9 @@ def test_input_validation(sched):
         sched.q_sample(x, full(1, 4), x[:, :1])
     with pytest.raises(ValueError, match=r"variance: expected 'beta' \(σ² = β_t\) or 'beta_tilde'"):
         sched.ddpm_step(x, full(1, 4), x, variance="fixed")
-    with pytest.raises(ValueError, match="eta: expected a float ≥ 0"):
-        sched.ddim_step(x, full(5, 4), 2, x, eta=-0.1)
+    for eta in (-0.1, float("inf"), float("nan"), True):
+        with pytest.raises(ValueError, match="eta: expected a finite real number >= 0"):
+            sched.ddim_step(x, full(5, 4), 2, x, eta=eta)
     with pytest.raises(ValueError, match="t_prev: expected values in"):
         sched.ddim_step(x, full(5, 4), 5, x)
     with pytest.raises(ValueError, match="t_prev: expected values in"):
@@ -258,75 +259,6 @@ def test_conversions_round_trip(sched):
     assert torch.allclose(sched.x0_from_v(xt, t, v), x0, atol=1e-10)
 
 
-# --- learner self-checks (dlcourse.checks.schedules) --------------------------------------------
-
-def _q_sample_ok(x0, t, noise, alpha_bars):
-    ab = alpha_bars[t].view(-1, 1, 1, 1)
-    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
-
-
-@pytest.mark.parametrize("wrong, hint", [
-    (lambda x0, t, n, ab: ab[t].view(-1, 1, 1, 1) * x0 + (1 - ab[t].view(-1, 1, 1, 1)).sqrt() * n, "scaled by ᾱ_t"),
-    (lambda x0, t, n, ab: ab[t].view(-1, 1, 1, 1).sqrt() * x0 + n, "added unscaled"),
-    (lambda x0, t, n, ab: (1 - ab[t].view(-1, 1, 1, 1)).sqrt() * x0 + ab[t].view(-1, 1, 1, 1).sqrt() * n, "swapped"),
-    (lambda x0, t, n, ab: _q_sample_ok(x0, (t - 1).clamp(min=0), n, ab), "0-based"),
-    (lambda x0, t, n, ab: ab[t] * x0, "reshape it to (N, 1, 1, 1)"),
-])
-def test_check_q_sample_catches_mistakes(wrong, hint):
-    from dlcourse.checks.schedules import check_q_sample
-    with pytest.raises(AssertionError, match="❌ q_sample") as info:
-        check_q_sample(wrong)
-    assert hint in str(info.value)
-
-
-def test_check_q_sample_passes_a_correct_solution(capsys):
-    from dlcourse.checks.schedules import check_q_sample
-    assert check_q_sample(_q_sample_ok).passed
-    assert "✅ q_sample" in capsys.readouterr().out
-
-
-def _ddpm_step_for(schedule):
-    def coef(values, t):
-        return values[t].view(-1, 1, 1, 1)
-
-    def ok(x_t, t, eps, noise, variance="beta", slip=None):
-        beta, alpha, ab = coef(schedule.betas, t), coef(schedule.alphas, t), coef(schedule.alpha_bars, t)
-        mean = (x_t - beta / (1 - ab).sqrt() * eps) / alpha.sqrt()
-        if slip == "sqrt_beta":
-            mean = (x_t - beta.sqrt() * eps) / alpha.sqrt()
-        var = beta if variance == "beta" else coef(schedule.beta_tildes, t)
-        keep = (t > 0).to(x_t.dtype).view(-1, 1, 1, 1)
-        if slip == "noise_at_0":
-            keep = torch.ones_like(keep)
-        if slip == "no_noise":
-            keep = torch.zeros_like(keep)
-        return mean + keep * var.sqrt() * noise
-
-    return ok
-
-
-@pytest.mark.parametrize("slip, hint", [
-    ("noise_at_0", "noise is added at t = 0"),
-    ("no_noise", "no noise is added at t > 0"),
-    ("sqrt_beta", "uses √β_t"),
-])
-def test_check_ddpm_step_catches_mistakes(slip, hint):
-    from dlcourse.checks.schedules import check_ddpm_step
-    schedule = Schedule(scaled_linear_betas(60))
-    ok = _ddpm_step_for(schedule)
-    with pytest.raises(AssertionError, match="❌ ddpm_step") as info:
-        check_ddpm_step(lambda *a: ok(*a, slip=slip), schedule)
-    assert hint in str(info.value)
-
-
-def test_check_ddpm_step_passes_a_correct_solution():
-    from dlcourse.checks.schedules import check_ddpm_step
-    schedule = Schedule(scaled_linear_betas(60))
-    assert check_ddpm_step(_ddpm_step_for(schedule), schedule).passed
-    with pytest.raises(ValueError, match="schedule: expected the dlcourse.schedules.Schedule"):
-        check_ddpm_step(_ddpm_step_for(schedule), "schedule")
-
-
 # --- what the samplers do with x̂_0 ---------------------------------------------------------------
 def test_dynamic_threshold_matches_imagen_formula():
     from dlcourse.schedules import dynamic_threshold
@@ -349,7 +281,7 @@ def test_adjust_x0_modes_and_errors():
     assert torch.equal(adjust_x0(x0, "clip"), torch.tensor([[1.0, -1.0, 0.5]]))
     with pytest.raises(ValueError, match="x0_mode: expected 'none'"):
         adjust_x0(x0, "clamp")
-    with pytest.raises(ValueError, match="percentile: expected a quantile"):
+    with pytest.raises(ValueError, match=r"percentile: expected a finite real number in \[0.5, 1.0\] \(a quantile"):
         adjust_x0(x0, "dynamic", percentile=99.5)
 
 

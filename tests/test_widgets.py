@@ -1,4 +1,6 @@
 """dlcourse.widgets.guidance_explorer with a tiny stand-in conditional model."""
+import io
+
 import matplotlib
 import pytest
 import torch
@@ -65,6 +67,22 @@ def test_slider_and_class_selector(explorer_and_model):
     assert explorer.current_png == at_zero
     with pytest.raises(ValueError, match="cls: expected 'all' or one of"):
         explorer.set(cls="orchid")
+
+
+def test_all_classes_are_columns_shown_at_their_own_width(explorer_and_model):
+    from PIL import Image
+
+    explorer, _ = explorer_and_model
+    explorer.set(w=0.0, cls="all")
+    image = Image.open(io.BytesIO(explorer.current_png))
+    n_classes, n_per_class = explorer.images[0.0].shape[:2]
+    assert image.width / image.height == pytest.approx(n_classes / n_per_class, rel=0.1)  # 5 columns, 2 rows
+    assert explorer.widget.children[-1].layout.width == f"{image.width}px"
+    assert f"columns: {', '.join(CLASSES)}" in explorer.widget.children[1].value
+    explorer.set(cls="rose")
+    rose = Image.open(io.BytesIO(explorer.current_png))
+    assert explorer.widget.children[-1].layout.width == f"{rose.width}px" and "class: rose" in explorer.widget.children[1].value
+    explorer.set(cls="all")
 
 
 def test_guidance_uses_shared_noise_and_the_weight(explorer_and_model):

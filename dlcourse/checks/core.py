@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from dlcourse.models import count_parameters
+from dlcourse.schedules import Schedule
 from dlcourse.validation import describe, fail
 
 __all__ = ["CheckResult", "compare", "check_module", "default_devices"]
@@ -49,9 +50,11 @@ def default_devices() -> list[str]:
 
 
 def _move(value, device):
-    """Clone tensors (so in-place edits of one side cannot leak) and move them to ``device``."""
+    """Clone tensors (so in-place edits of one side cannot leak) and move them, and schedules, to ``device``."""
     if isinstance(value, torch.Tensor):
         return value.detach().clone().to(device)
+    if isinstance(value, Schedule):
+        return value.to(device)
     if isinstance(value, (list, tuple)):
         return type(value)(_move(v, device) for v in value)
     if isinstance(value, dict):

@@ -6,11 +6,27 @@ the usual mistakes.
 """
 from __future__ import annotations
 
+import re
+from typing import Callable
+
 import torch
+import torch.nn.functional as F
+from torch import nn
 
-from dlcourse.models import DownBlock, count_parameters, RearrangePool, ResidualBlock, SinusoidalEmbedding, UpBlock
+from dlcourse.models import (
+    DownBlock,
+    RearrangePool,
+    ResidualBlock,
+    SinusoidalEmbedding,
+    TimeUNet,
+    UNetDenoiser,
+    UpBlock,
+    count_parameters,
+)
 
-from .core import CheckResult, check_module, compare
+from dlcourse.validation import describe
+
+from .core import CheckResult, _seeded, check_module, compare
 
 __all__ = [
     "check_down_block",
@@ -18,6 +34,10 @@ __all__ = [
     "check_sinusoidal_embedding",
     "check_residual_block",
     "check_rearrange_pool",
+    "check_time_unet",
+    "check_unet",
+    "check_train_step",
+    "check_group_norm",
 ]
 
 
@@ -67,10 +87,10 @@ def check_up_block(cls) -> CheckResult:
     """``cls(in_ch, out_ch)`` with ``forward(x, skip)``: cat along dim=1, ConvTranspose2d(k=2, s=2), two convs."""
 
     def diagnose(student_out, reference_out, args):
+        x, skip = args[0], args[1]
         if isinstance(student_out, Exception):
-            return ("did you concatenate the skip connection along dim=1, torch.cat([x, skip], dim=1)? "
-                    "in_ch counts the channels of x plus those of skip.")
-        hint = _shape_hint(student_out, args[0], reference_out.shape[1], 2, "double")
+            return _up_block_error_hint(student_out, x.shape[1], skip.shape[1])
+        hint = _shape_hint(student_out, x, reference_out.shape[1], 2, "double")
         if hint:
             return hint + " Concatenate along dim=1, then upsample with nn.ConvTranspose2d(in_ch, out_ch, 2, stride=2)."
         return "check the order: cat([x, skip], dim=1) (x first) → ConvTranspose2d → (conv → BatchNorm → ReLU) × 2."
@@ -82,6 +102,22 @@ def check_up_block(cls) -> CheckResult:
 
     return check_module(cls, UpBlock, [(16, 8), (32, 8)], lambda a: (_images(a[0] // 2, 4), _images(a[0] // 2, 4)),
                         name="UpBlock", diagnose=diagnose, diagnose_parameters=diagnose_parameters)
+
+
+def _up_block_error_hint(error: Exception, x_channels: int, skip_channels: int) -> str:
+    """Blame the concatenation only when a layer got x's channels alone; else the layer's channel count."""
+    in_ch = x_channels + skip_channels
+    found = re.search(r"to have (\d+) channels, but got (\d+) channels", str(error))
+    if found and int(found.group(2)) == in_ch:
+        return (f"the concatenation is right (x has {x_channels} channels, skip {skip_channels}, together in_ch = "
+                f"{in_ch}), but a layer after it was built for {found.group(1)} input channels: the transposed conv "
+                "takes all of them, nn.ConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2), and the two convs "
+                "after it take out_ch.")
+    if "Sizes of tensors must match" in str(error):
+        return ("x and skip must have the same H × W when they are concatenated: concatenate first, "
+                "torch.cat([x, skip], dim=1), and upsample the result.")
+    return ("did you concatenate the skip connection along dim=1, torch.cat([x, skip], dim=1)? "
+            "in_ch counts the channels of x plus those of skip.")
 
 
 def _sinusoid_variants(t: torch.Tensor, dim: int) -> dict[str, torch.Tensor]:
@@ -190,3 +226,294 @@ def check_rearrange_pool(cls) -> CheckResult:
 
     return check_module(cls, RearrangePool, [(8, 8), (4, 16)], lambda a: (_images(a[0]),), name="RearrangePool",
                         diagnose=diagnose, diagnose_parameters=diagnose_parameters)
+
+
+def _error_text(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+# Configurations of the U-Net checks, keyed by image channels so that a hint can rebuild the reference
+# (the same seed gives the same weights) from the input alone. In the first, every level has the same
+# channels, so even a misplaced embedding runs and can be recognised by its output.
+_TIME_UNET_CONFIGS = {
+    1: dict(image_channels=1, channels=(8, 8), image_size=8, T=20),
+    3: dict(image_channels=3, channels=(8, 16), image_size=8, T=50),
+}
+
+
+def _time_unet_variants(model: TimeUNet, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The time embedding e_t = time_mlps[level](t/T) added in the usual wrong ways, each named by its hint."""
+
+    def run(code: torch.Tensor | None, where: str) -> torch.Tensor:
+        e = [mlp(code)[:, :, None, None] for mlp in model.time_mlps] if code is not None else []
+        first, h, skips = model._encode(x)
+        for level, up in enumerate(model.ups):
+            skip = skips.pop()
+            if where == "h" or (where == "deepest" and level == 0):
+                h = h + e[level]
+            elif where == "skip":
+                skip = skip + e[level]
+            elif where == "reversed":
+                h = h + e[-1 - level]
+            h = up(h, skip)
+            if where == "after":
+                h = h + e[level]
+        return model.head(torch.cat([h, first], dim=1))
+
+    steps = t.to(x.dtype)[:, None]
+    code = steps / model.T
+    candidates = {
+        "t is not normalised: the package feeds t/T ∈ [0, 1) to the time MLPs, (t.float() / self.T)[:, None].":
+            lambda: run(steps, "h"),
+        "t is divided by T − 1; the package divides by T: (t.float() / self.T)[:, None].":
+            lambda: run(steps / (model.T - 1), "h"),
+        "e_t is added to the skip connection; add it to h, the features coming up from below, before each up block.":
+            lambda: run(code, "skip"),
+        "e_t is added after the up block; add it to h before calling up(h, skip).":
+            lambda: run(code, "after"),
+        "only the deepest level gets the time: add e_t at every level, each from its own MLP (self.time_mlps[level]).":
+            lambda: run(code, "deepest"),
+        "the levels are swapped: self.time_mlps[0] belongs to the deepest up block, self.ups[0] (zip the two lists).":
+            lambda: run(code, "reversed"),
+        "t never reaches the network: add e_t = self.time_mlps[level](t/T) to h before each up block.":
+            lambda: run(None, "none"),
+    }
+    variants = {}
+    for hint, variant in candidates.items():
+        try:
+            variants[hint] = variant()
+        except RuntimeError:  # this slip cannot run with these channels
+            continue
+    return variants
+
+
+def check_time_unet(cls) -> CheckResult:
+    """``cls(image_channels, channels, image_size, T)`` with ``forward(x, t)``: lesson 02's TimeUNet.
+
+    Before each up block, h ← h + e_t with e_t = time_mlps[level](t/T) broadcast over H and W
+    (level 0 = the deepest, with self.ups[0]).
+    """
+
+    def inputs(config):
+        x = torch.randn(4, config["image_channels"], config["image_size"], config["image_size"])
+        return x, torch.tensor([0, config["T"] // 3, config["T"] // 2, config["T"] - 1])
+
+    def diagnose(student_out, reference_out, args):
+        x, t = args
+        if isinstance(student_out, Exception):
+            text = _error_text(student_out)
+            if "EmbedMLP" in text or "mat1" in text or "dtype" in text:
+                return ("the time MLPs read t/T as a float column of shape (N, 1): (t.float() / self.T)[:, None] "
+                        "(t itself is a long tensor of shape (N,)).")
+            if "size" in text or "broadcast" in text or "shape" in text:
+                return ("e_t = self.time_mlps[level](...) has shape (N, c): add it as e_t[:, :, None, None], shape "
+                        "(N, c, 1, 1), so that every pixel of channel c gets the same value.")
+            return None
+        reference = _seeded(TimeUNet, _TIME_UNET_CONFIGS[x.shape[1]], 0).to(x.device).train()
+        with torch.no_grad():
+            for hint, wrong in _time_unet_variants(reference, x, t).items():
+                if wrong.shape == student_out.shape and torch.allclose(student_out, wrong, atol=1e-5):
+                    return hint
+        return "h ← h + self.time_mlps[level]((t.float() / self.T)[:, None])[:, :, None, None] before each up block."
+
+    return check_module(cls, TimeUNet, list(_TIME_UNET_CONFIGS.values()), inputs, name="TimeUNet",
+                        diagnose=diagnose)
+
+
+# Keyed by image channels, like _TIME_UNET_CONFIGS: equal channels first (a mis-wired skip of the right
+# shape runs and is recognised by its output), then three levels of growing width.
+_UNET_CONFIGS = {
+    1: dict(image_channels=1, channels=(8, 8), image_size=8),
+    3: dict(image_channels=3, channels=(4, 8, 16), image_size=16),
+}
+
+
+def _unet_with_skips(model: UNetDenoiser, x: torch.Tensor, skip_of) -> torch.Tensor:
+    """Lesson 01's forward with ``skip_of(h, skips)`` choosing what each up block gets as its skip."""
+    first, h, skips = model._encode(x)
+    for up in model.ups:
+        h = up(h, skip_of(h, skips))
+    return model.head(torch.cat([h, first], dim=1))
+
+
+def check_unet(cls) -> CheckResult:
+    """``cls(image_channels, channels, image_size)``: lesson 01's U-Net, wired like ``UNetDenoiser``.
+
+    down i = DownBlock(c_{i−1}, c_i) (c_{−1} = c_0), up blocks deepest first, up i = UpBlock(2·c_i, c_{i−1}),
+    each taking h and the output of down i (last in, first out).
+    """
+    channel_hint = ("channel counts: down i is MyDownBlock(c[i − 1], c[i]) (c[0] → c[0] for the first); the up blocks "
+                    "run deepest first and up i is MyUpBlock(2 * c[i], c[i − 1]) (c[0] for i = 0), because h and the "
+                    "skip of down i both have c[i] channels.")
+
+    def diagnose(student_out, reference_out, args):
+        (x,) = args
+        if isinstance(student_out, Exception):
+            text = _error_text(student_out)
+            if "Sizes of tensors must match" in text or "H×W" in text:
+                return ("an up block got a skip of another resolution: keep the output of every down block "
+                        "(append after h = down(h)) and hand them back last in, first out (skips.pop()), "
+                        "so the deepest up block gets the deepest skip.")
+            if "channels" in text:
+                return channel_hint
+            return None
+        reference = _seeded(UNetDenoiser, _UNET_CONFIGS[x.shape[1]], 0).to(x.device).train()
+        with torch.no_grad():
+            variants = {
+                "the up blocks got h as their own skip: pass the output of the matching down block, skips.pop().":
+                    _unet_with_skips(reference, x, lambda h, skips: h),
+                "the skip connections carry nothing (zeros): pass the output of the matching down block, skips.pop().":
+                    _unet_with_skips(reference, x, lambda h, skips: torch.zeros_like(h)),
+            }
+        for hint, wrong in variants.items():
+            if wrong.shape == student_out.shape and torch.allclose(student_out, wrong, atol=1e-5):
+                return hint
+        return "each up block takes h and skips.pop(), after the bottleneck; the head is cat([h, stem output])."
+
+    def diagnose_parameters(student, reference, ctor_args):
+        return channel_hint
+
+    def inputs(config):
+        return (torch.randn(2, config["image_channels"], config["image_size"], config["image_size"]),)
+
+    return check_module(cls, UNetDenoiser, list(_UNET_CONFIGS.values()), inputs, name="U-Net",
+                        diagnose=diagnose, diagnose_parameters=diagnose_parameters)
+
+
+def _train_step(model, optimizer, x0, beta, *, target="clean", zero_grad=True, step=True) -> float:
+    """Lesson 01's step: x_noisy = (1 − β) x0 + β ε, loss = MSE(model(x_noisy), x0), zero_grad, backward, step."""
+    x_noisy = (1 - beta) * x0 + beta * torch.randn_like(x0)
+    loss = F.mse_loss(model(x_noisy), x0 if target == "clean" else x_noisy)
+    if zero_grad:
+        optimizer.zero_grad()
+    loss.backward()
+    if step:
+        optimizer.step()
+    return loss.item()
+
+
+def _run_steps(step_fn, x0, beta, n_steps: int = 3) -> tuple[list, list[torch.Tensor]]:
+    """``n_steps`` calls of ``step_fn`` on a small seeded conv net with plain SGD: (returned values, final weights)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        returned = []
+        for k in range(n_steps):
+            torch.manual_seed(100 + k)
+            returned.append(step_fn(model, optimizer, x0, beta))
+    return returned, [p.detach().clone() for p in model.parameters()]
+
+
+def check_train_step(fn) -> CheckResult:
+    """``fn(model, optimizer, x0, beta) -> float``: one step of lesson 01's training loop.
+
+    Corrupt x0 with ``add_noise`` (x_noisy = (1 − β) x0 + β ε), loss = MSE(model(x_noisy), x0),
+    optimizer.zero_grad(), loss.backward(), optimizer.step(), return loss.item(). Three steps
+    on a small network, with the same noise as the reference, must give the same losses and weights.
+    """
+    name = "train_step"
+    x0 = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    beta = 0.5
+    try:
+        returned, weights = _run_steps(fn, x0, beta)
+    except NotImplementedError as error:
+        raise AssertionError(f"❌ {name}: fill in the exercise first — the code still raises NotImplementedError "
+                             "(replace the placeholder with your implementation and run the cell again).") from error
+    except Exception as error:  # noqa: BLE001 - any learner error is reported, with the original chained
+        raise AssertionError(f"❌ {name}: your code raised {_error_text(error)}") from error
+    expected, expected_weights = _run_steps(_train_step, x0, beta)
+    first = returned[0]
+    if isinstance(first, torch.Tensor):
+        graph = " that still holds its graph (requires_grad=True)" if first.requires_grad else ""
+        raise AssertionError(
+            f"❌ {name}: returned a tensor{graph}, expected a float\n   Hint: return loss.item(). Appended to "
+            "losses, the tensor would keep every step's computation graph alive (memory grows each step) "
+            "and the plots would need .detach().")
+    if isinstance(first, bool) or not isinstance(first, float):
+        raise AssertionError(f"❌ {name}: returned {describe(first)}, expected the loss as a float\n"
+                             "   Hint: end with return loss.item().")
+    if abs(first - expected[0]) > 1e-5:
+        noisy_target, _ = _run_steps(lambda *a: _train_step(*a, target="noisy"), x0, beta, 1)
+        hint = ("the target is the noisy image: the network should predict the clean batch, "
+                "F.mse_loss(model(x_noisy), x0)." if abs(first - noisy_target[0]) < 1e-5 else
+                "corrupt x0 with add_noise(x0, beta) (one torch.randn_like draw), predict with model(x_noisy) and "
+                "compare with the clean x0 by F.mse_loss.")
+        raise AssertionError(f"❌ {name}: the first loss is {first:.6f}, the reference {expected[0]:.6f}\n   Hint: {hint}")
+    worst = max(abs(a - b) for a, b in zip(returned, expected))
+    same_weights = all(torch.allclose(p, q, atol=1e-6) for p, q in zip(weights, expected_weights))
+    if worst > 1e-5 or not same_weights:
+        candidates = [
+            ("the gradients pile up from step to step: call optimizer.zero_grad() before loss.backward().",
+             lambda *a: _train_step(*a, zero_grad=False)),
+            ("the weights never change: call optimizer.step() after loss.backward() (and zero_grad() before "
+             "backward, not between backward and step).",
+             lambda *a: _train_step(*a, step=False)),
+        ]
+        hint = "zero_grad → backward → step, once per call, and return loss.item()."
+        for text, variant in candidates:
+            wrong, wrong_weights = _run_steps(variant, x0, beta)
+            if (max(abs(a - b) for a, b in zip(returned, wrong)) < 1e-5
+                    and all(torch.allclose(p, q, atol=1e-6) for p, q in zip(weights, wrong_weights))):
+                hint = text
+                break
+        raise AssertionError(f"❌ {name}: the losses of three steps are {[round(v, 6) for v in returned]}, the "
+                             f"reference {[round(v, 6) for v in expected]}\n   Hint: {hint}")
+    print(f"✅ {name}: three steps give the reference's losses and weights (max |diff| = {worst:.1e})")
+    return CheckResult(name, len(returned), worst, ["cpu"], unit="steps")
+
+
+def _group_norm_slips(x, groups, weight, bias, eps) -> list[tuple[str, Callable[[], torch.Tensor]]]:
+    """GroupNorm computed in the usual wrong ways, each with the hint that names it."""
+    h = x.reshape(x.shape[0], groups, -1)
+
+    def normalise(dims, unbiased=False):
+        mean = h.mean(dim=dims, keepdim=True)
+        var = h.var(dim=dims, unbiased=unbiased, keepdim=True)
+        return ((h - mean) / torch.sqrt(var + eps)).reshape(x.shape)
+
+    scale, shift = weight[None, :, None, None], bias[None, :, None, None]
+    return [
+        ("you used the unbiased variance (divides by n − 1); GroupNorm divides by n: var(unbiased=False).",
+         lambda: normalise(-1, unbiased=True) * scale + shift),
+        ("the statistics run over the batch too: each sample is normalised on its own, mean and var over "
+         "dim=-1 of x.reshape(N, groups, -1) only.",
+         lambda: normalise((0, 2)) * scale + shift),
+        ("weight and bias are per channel: reshape them to (1, C, 1, 1) (weight[None, :, None, None]); as (C,) "
+         "they broadcast along the last axis, W.",
+         lambda: normalise(-1) * weight + bias),
+    ]
+
+
+def check_group_norm(fn) -> CheckResult:
+    """``fn(x, groups, weight, bias, eps=1e-5)`` like ``F.group_norm``: per sample and group of C/groups channels,
+    (x − mean)/√(var + eps) with the biased variance, then weight and bias per channel."""
+    g = torch.Generator().manual_seed(0)
+    inputs = [
+        (3 * torch.randn(2, 8, 4, 4, generator=g) + 1, 4, torch.rand(8, generator=g) + 0.5, torch.randn(8, generator=g)),
+        (torch.randn(3, 6, 5, 7, generator=g), 2, torch.ones(6), torch.zeros(6)),
+        (torch.randn(1, 4, 2, 2, generator=g), 4, torch.randn(4, generator=g), torch.randn(4, generator=g)),  # G = C
+        (torch.randn(2, 4, 3, 4, generator=g) - 2, 2, torch.rand(4, generator=g) + 0.5, torch.randn(4, generator=g)),
+    ]
+
+    def reference(x, groups, weight, bias):
+        return F.group_norm(x, groups, weight, bias, eps=1e-5)
+
+    def diagnose(student_out, reference_out, args):
+        x, groups, weight, bias = args
+        if isinstance(student_out, Exception):
+            if "size" in str(student_out) or "broadcast" in str(student_out):
+                return ("weight and bias have shape (C,): reshape them to (1, C, 1, 1) (weight[None, :, None, None]) "
+                        "so they scale and shift whole channels.")
+            return None
+        for hint, slip in _group_norm_slips(x, groups, weight, bias, 1e-5):
+            try:
+                wrong = slip()
+            except RuntimeError:  # this slip cannot run on these shapes
+                continue
+            if wrong.shape == student_out.shape and torch.allclose(student_out, wrong, atol=1e-4):
+                return hint
+        return ("view x as (N, groups, −1), normalise with the mean and the biased variance of each row, reshape "
+                "back, then weight and bias per channel.")
+
+    return compare(fn, reference, inputs, name="group_norm", atol=1e-4, diagnose=diagnose)

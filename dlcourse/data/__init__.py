@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..validation import check_int, check_seed, describe, fail
+from ..validation import check_bool, check_int, check_seed, describe, fail
 from . import cache
 from .dataset import ImageDataset, to_display, to_pil, uint8_to_images
 from .flowers import (BACKGROUNDS, CLASSES, GENERATOR_VERSION, PETAL_COLOURS, SIZES, SUPERSAMPLE, caption,
@@ -35,8 +35,7 @@ def _check_args(split, image_size, n, seed, source, progress) -> None:
     check_seed(seed)
     if not isinstance(source, (str, os.PathLike)):
         raise fail("source", "'procedural', 'fashion_mnist', 'hf:<hub id>' or a folder path", describe(source))
-    if not isinstance(progress, bool):
-        raise fail("progress", "True or False", describe(progress))
+    check_bool(progress, "progress")
 
 
 def _procedural(split: str, image_size: int, n: int | None, seed: int, cache_dir, progress: bool) -> ImageDataset:

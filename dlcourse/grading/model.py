@@ -26,6 +26,7 @@ from ..metrics import class_accuracy, colour_accuracy, diversity, fid, load_eval
 from ..models.registry import CONFIG_FILE, WEIGHTS_FILE, build, count_parameters, registered
 from ..sampling import ddim_sample
 from .exercises import SubmissionError
+from ..validation import is_int, is_real
 
 ALLOWED_ARCHITECTURES = ("cond_unet",)
 CONFIG_CAP = 64 * 2**10
@@ -41,7 +42,7 @@ _DTYPES = {"F32": 4, "F16": 2, "BF16": 2}
 # ------------------------------------------------------------------ reading
 def _int_in(config: dict, key: str, low: int, high: int) -> None:
     value = config.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+    if not is_int(value, low) or value > high:
         raise SubmissionError(f"{CONFIG_FILE}: {key} must be an int in [{low}, {high}], got {str(value)[:40]}")
 
 
@@ -63,7 +64,7 @@ def read_config(path: Path) -> dict:
                               f"(use one of {list(ALLOWED_ARCHITECTURES)}: ConditionalUNet)")
     channels = config.get("channels")
     if (not isinstance(channels, list) or not 1 <= len(channels) <= MAX_LEVELS
-            or any(isinstance(c, bool) or not isinstance(c, int) or not 1 <= c <= MAX_WIDTH for c in channels)):
+            or not all(is_int(c, 1) and c <= MAX_WIDTH for c in channels)):
         raise SubmissionError(f"{CONFIG_FILE}: channels must be a list of 1..{MAX_LEVELS} ints in "
                               f"[1, {MAX_WIDTH}], got {str(channels)[:60]}")
     _int_in(config, "T", *T_RANGE)
@@ -108,7 +109,7 @@ def read_weights(path: Path) -> tuple[bytes, dict]:
     end = 0
     for key, entry in header.items():
         ok = (isinstance(entry, dict) and entry.get("dtype") in _DTYPES and isinstance(entry.get("shape"), list)
-              and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= 2**20 for d in entry["shape"])
+              and all(is_int(d, 0) and d <= 2**20 for d in entry["shape"])
               and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2)
         if not ok:
             raise SubmissionError(f"{WEIGHTS_FILE}: tensor {key[:60]!r} has a malformed entry "
@@ -166,7 +167,7 @@ def read_w(folder: Path) -> float:
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise SubmissionError(f"{ANSWERS_FILE}: not valid JSON ({error})") from None
     w = answers.get("w") if isinstance(answers, dict) else None
-    if isinstance(w, bool) or not isinstance(w, (int, float)) or not W_RANGE[0] <= w <= W_RANGE[1]:
+    if not is_real(w) or not W_RANGE[0] <= w <= W_RANGE[1]:
         raise SubmissionError(f"{ANSWERS_FILE}: w must be a number in [{W_RANGE[0]:g}, {W_RANGE[1]:g}], "
                               f"got {str(w)[:40]}")
     return float(w)

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dlcourse.validation import check_float_tensor, check_images, check_positive_int, describe, fail
+from dlcourse.validation import (check_bool, check_float_tensor, check_images, check_positive_int, check_real,
+                                 describe, fail)
 
 __all__ = [
     "NORMS",
@@ -70,9 +71,7 @@ def _double_conv(in_ch: int, out_ch: int, norm: str, activation: str) -> nn.Sequ
 
 def conv_body(in_ch: int, out_ch: int, norm: str, activation: str, residual: bool) -> nn.Module:
     """The two-conv body of every block: plain (lesson 01) or a ResidualBlock (lesson 03)."""
-    if not isinstance(residual, bool):
-        raise fail("residual", "a bool", describe(residual))
-    if residual:
+    if check_bool(residual, "residual"):
         return ResidualBlock(in_ch, out_ch, activation=activation, norm=norm)
     return _double_conv(in_ch, out_ch, norm, activation)
 
@@ -183,9 +182,7 @@ class SinusoidalEmbedding(nn.Module):
         check_positive_int(dim, "dim")
         if dim % 2:
             raise fail("dim", "an even int (half sines, half cosines)", describe(dim))
-        if not isinstance(max_period, (int, float)) or isinstance(max_period, bool) or max_period <= 1:
-            raise fail("max_period", "a number > 1", describe(max_period))
-        self.dim, self.max_period = dim, float(max_period)
+        self.dim, self.max_period = dim, check_real(max_period, "max_period", low=1, low_open=True)
         half = dim // 2
         omegas = self.max_period ** (-torch.arange(half, dtype=torch.float64) / half)
         self.register_buffer("omegas", omegas.float(), persistent=False)

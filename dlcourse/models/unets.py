@@ -17,7 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dlcourse.validation import check_float_tensor, check_images, check_positive_int, describe, fail
+from dlcourse.validation import (check_bool, check_float_tensor, check_images, check_positive_int, check_timesteps,
+                                 describe, fail, is_int)
 
 from .blocks import (
     DownBlock,
@@ -38,7 +39,7 @@ TIME_EMBEDDINGS = ("mlp", "sinusoidal")
 
 def _check_channels(channels) -> tuple[int, ...]:
     if (not isinstance(channels, (list, tuple)) or not channels
-            or any(isinstance(c, bool) or not isinstance(c, int) or c < 1 for c in channels)):
+            or not all(is_int(c, 1) for c in channels)):
         raise fail("channels", "a non-empty list of positive ints, e.g. (64, 128, 256)", describe(channels))
     return tuple(channels)
 
@@ -81,9 +82,10 @@ class _UNetSkeleton(nn.Module):
         if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             raise fail(owner, f"images of {self.image_size}×{self.image_size}", describe(x))
 
-    def _decode(self, x: torch.Tensor, modulate=None, modulate_down=None) -> torch.Tensor:
-        """Run the U-Net; ``modulate(level, h)`` (level 0 = deepest) transforms h before each up block,
-        ``modulate_down(i, h)`` the output of down block i (before it is kept as a skip)."""
+    def _encode(self, x: torch.Tensor, modulate_down=None) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """The encoder half: (stem output, bottleneck output, the down blocks' outputs kept as skips).
+
+        ``modulate_down(i, h)`` transforms the output of down block i before it is kept as a skip."""
         first = self.stem(x)
         h, skips = first, []
         for i, down in enumerate(self.downs):
@@ -91,7 +93,12 @@ class _UNetSkeleton(nn.Module):
             if modulate_down is not None:
                 h = modulate_down(i, h)
             skips.append(h)
-        h = self.bottleneck(h)
+        return first, self.bottleneck(h), skips
+
+    def _decode(self, x: torch.Tensor, modulate=None, modulate_down=None) -> torch.Tensor:
+        """Run the U-Net; ``modulate(level, h)`` (level 0 = deepest) transforms h before each up block,
+        ``modulate_down`` as in :meth:`_encode`."""
+        first, h, skips = self._encode(x, modulate_down)
         for level, up in enumerate(self.ups):
             if modulate is not None:
                 h = modulate(level, h)
@@ -149,14 +156,8 @@ class UNet(_UNetSkeleton):
         self.time_mlps = nn.ModuleList(EmbedMLP(time_dim, ch) for ch in self.decoder_channels)
 
     def _check_t(self, t, n: int) -> None:
-        owner = f"{type(self).__name__}(T={self.T}): t"
-        expected = f"a torch.long tensor of shape (N,) = ({n},) with 0 ≤ t ≤ T−1 = {self.T - 1}"
-        if (not isinstance(t, torch.Tensor) or t.dtype.is_floating_point or t.dtype == torch.bool
-                or t.is_complex() or tuple(t.shape) != (n,)):
-            raise fail(owner, expected + " (one step index per image, e.g. torch.randint(0, T, (N,)))",
-                       describe(t))
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) > self.T - 1):
-            raise fail(owner, expected, f"values from {int(t.min())} to {int(t.max())}")
+        """t: one step index per image in {0, …, T−1} (range read only where it costs no device sync)."""
+        check_timesteps(t, f"{type(self).__name__}(T={self.T}): t", self.T, batch=n)
 
     def _time_code(self, t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """The code of t the time MLPs read: sinusoidal(t), or t/T as one number."""
@@ -209,9 +210,7 @@ class ConditionalUNet(UNet):
                          time_embedding=time_embedding, residual=residual, upsample=upsample)
         self.context_dim = check_positive_int(context_dim, "context_dim")
         self.context_mlps = nn.ModuleList(EmbedMLP(context_dim, 2 * ch) for ch in self.decoder_channels)
-        if not isinstance(condition_encoder, bool):
-            raise fail("condition_encoder", "True or False", describe(condition_encoder))
-        self.condition_encoder = condition_encoder
+        self.condition_encoder = check_bool(condition_encoder, "condition_encoder")
         if condition_encoder:
             time_dim = self.time_mlps[0].in_dim
             self.encoder_time_mlps = nn.ModuleList(EmbedMLP(time_dim, ch) for ch in self.channels)
