@@ -25,7 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "dlcourse.results:main"),
     "timings": ("run every solution notebook at a budget (default full) and write a table of wall times",
                 "dlcourse.results:timings"),
-    "benchmark": ("time training steps and sampling of the lesson-03 models (table + JSON)", "dlcourse.benchmark:main"),
+    "benchmark": ("images/s of training (each fast-path switch, a diffusers peer) and sampling (per-step sync, "
+                  "batched guidance), interleaved repeats; table + JSON", "dlcourse.benchmark:main"),
     "release": ("write what students get (no solutions, no assessment masters) into OUT_DIR", "dlcourse.release:main"),
     "grade": ("grade a folder of assessment submissions into a gradebook CSV and HTML reports", "dlcourse.grading:main"),
 }
