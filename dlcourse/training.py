@@ -582,9 +582,10 @@ class FastPath:
 def fast_path(device) -> FastPath:
     """The switches :func:`train` uses by default on ``device`` (a torch.device or a name such as "cuda";
     it need not exist here). On CUDA: data on the GPU, bf16 autocast, channels_last and fused AdamW;
-    torch.compile stays opt-in (its compile time outweighs the gain in a lesson's few thousand steps).
-    On the CPU and MPS: none of them — on a CPU they measured no faster (``dlcourse benchmark``,
-    README "Performance"), and bf16 autocast is CUDA-only in this course."""
+    torch.compile stays opt-in (it compiles for a minute or more before the first step). On the CPU:
+    none of them — channels_last, fused AdamW and torch.compile measured no clearly faster there
+    (``dlcourse benchmark``, README "Performance"); bf16 autocast is CUDA-only in this course. MPS
+    (not measured) keeps the CPU's defaults."""
     kind = torch.device(device).type
     if kind == "cuda":
         return FastPath(data_on_device=True, amp_dtype=torch.bfloat16, channels_last=True, fused_adamw=True)
