@@ -347,12 +347,17 @@ def _peak_memory_mib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
 
 
+def _allocated_mib(device: torch.device) -> float:
+    return torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+
+
 def run_rows(rows: list[Row], settings: Settings, device=None, *, compile_rows: bool = False,
              progress: bool = True) -> list[dict]:
     """Set up and warm up every row, then time ``settings.repeats`` rounds of one block per row,
     interleaved (A, B, …, A, B, …). Returns one entry per row: its images/s per round, their median,
     quartiles (q1, q3) and min–max, ms per sampler step (sampling rows) and peak memory (CUDA), or
-    ``skipped`` with the reason."""
+    ``skipped`` with the reason. Every row's set-up stays in memory while the others run, so a row's peak
+    memory is what its set-up kept (model, optimizer, data) plus the most its block added."""
     from tqdm.auto import tqdm
 
     device = torch.device(device) if device is not None else get_device()
@@ -363,8 +368,10 @@ def run_rows(rows: list[Row], settings: Settings, device=None, *, compile_rows: 
         entry = {"name": row.name, "kind": row.kind, "options": row.options}
         reason = _skip_reason(row, device, compile_rows)
         if reason is None:
+            before = _allocated_mib(device)
             trials[row.name] = TRIALS[row.kind](settings, device, **row.options)
-            entry.update(trials[row.name].info, seconds=[], peak_memory_mib=None)
+            entry.update(trials[row.name].info, seconds=[], peak_memory_mib=None,
+                         kept_mib=_allocated_mib(device) - before)
         else:
             entry["skipped"] = reason
         entries.append(entry)
@@ -375,13 +382,15 @@ def run_rows(rows: list[Row], settings: Settings, device=None, *, compile_rows: 
             _sync(device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
+            start = _allocated_mib(device)
             clock = time.perf_counter()
             trial.block()
             _sync(device)
             entry["seconds"].append(time.perf_counter() - clock)
             peak = _peak_memory_mib(device)
             if peak is not None:
-                entry["peak_memory_mib"] = max(peak, entry["peak_memory_mib"] or 0.0)
+                own = entry["kept_mib"] + peak - start
+                entry["peak_memory_mib"] = max(own, entry["peak_memory_mib"] or 0.0)
     for entry in measured:
         trial = trials[entry["name"]]
         rates = [trial.images / s for s in entry["seconds"]]
