@@ -106,3 +106,10 @@ def test_bad_options_are_one_line(capsys, argv, message, tmp_path):
     assert benchmark.main([*argv, "--out", str(tmp_path / "b.json")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_fast_path_row_sets_up_on_cpu_where_its_cuda_switches_do_nothing():
+    fast = next(r for r in benchmark.ROWS if r.name == "train U-Net: fast path (all of the above)").options["fast"]
+    trial = benchmark.train_trial(TINY, torch.device("cpu"), model="ours", fast=fast)
+    trial.block()
+    assert trial.images == TINY.timed_steps * TINY.batch_size and trial.info["fast"] == fast
