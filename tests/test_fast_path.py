@@ -80,3 +80,23 @@ def test_explicit_amp_dtype_none_turns_autocast_off(capsys):
     train(model, _loss, torch.randn(4, 3, 8, 8), steps=1, batch_size=2, device="cpu", amp_dtype=torch.bfloat16,
           progress=False)
     assert "ignored on cpu" in capsys.readouterr().out
+
+
+def test_resume_uses_this_runs_choice_of_fused_adamw(tmp_path, monkeypatch):
+    import dlcourse.training as training
+
+    data = torch.randn(8, 3, 8, 8)
+    train(UNet(channels=(8,), image_size=8, T=10), _denoising_loss, data, steps=2, batch_size=4, device="cpu",
+          fast=FastPath(fused_adamw=True), checkpoint=tmp_path / "ck", progress=False)
+    seen = []
+    original = training._train
+
+    def spy(run, *args):
+        history = original(run, *args)
+        seen.append([group["fused"] for group in run.optimizer.param_groups])
+        return history
+
+    monkeypatch.setattr(training, "_train", spy)
+    train(UNet(channels=(8,), image_size=8, T=10), _denoising_loss, data, steps=3, batch_size=4, device="cpu",
+          fast=FastPath(), checkpoint=tmp_path / "ck", progress=False)
+    assert seen == [[None]]
