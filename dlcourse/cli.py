@@ -18,10 +18,15 @@ from typing import Callable
 COMMANDS: dict[str, tuple[str, str]] = {
     "authoring": ("write notebooks/ from solutions/ (--check: verify, --strip: strip outputs)", "dlcourse.authoring:main"),
     "info": ("print versions, the device and the budget (quick/cpu/full)", "dlcourse.cli:info"),
+    "doctor": ("check GPU, torch build, budget, caches and folders; predict each lesson's training time here",
+               "dlcourse.doctor:main"),
     "train-evaluator": ("retrain the evaluator classifier of dlcourse.metrics (FID, accuracy)", "dlcourse.evaluator_training:main"),
     "results": ("run the solution notebooks at a budget and write docs/results.md with their pictures",
                 "dlcourse.results:main"),
-    "benchmark": ("time training steps and sampling of the lesson-03 models (table + JSON)", "dlcourse.benchmark:main"),
+    "timings": ("run every solution notebook at a budget (default full) and write a table of wall times",
+                "dlcourse.results:timings"),
+    "benchmark": ("images/s of training (each fast-path switch, a diffusers peer) and sampling (per-step sync, "
+                  "batched guidance), interleaved repeats; table + JSON", "dlcourse.benchmark:main"),
     "release": ("write what students get (no solutions, no assessment masters) into OUT_DIR", "dlcourse.release:main"),
     "grade": ("grade a folder of assessment submissions into a gradebook CSV and HTML reports", "dlcourse.grading:main"),
 }

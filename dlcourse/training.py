@@ -21,7 +21,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,8 @@ from torch import nn
 from .device import check_device, get_device
 from .validation import check_choice, check_int, check_positive_int, check_real, check_seed, describe, fail, is_int, is_real
 
-__all__ = ["History", "EMA", "train", "save_checkpoint", "load_checkpoint", "checkpoint_exists"]
+__all__ = ["History", "EMA", "FastPath", "fast_path", "TrainStep", "train", "save_checkpoint", "load_checkpoint",
+           "checkpoint_exists"]
 
 _FORMAT = "dlcourse-checkpoint"
 _VERSION = 1
@@ -548,31 +549,138 @@ def load_checkpoint(folder, model: nn.Module, optimizer: torch.optim.Optimizer |
 
 # --------------------------------------------------------------------------- the loop
 
+_RESIDENT_MAX_BYTES = 2 * 2**30  # tensor data up to this size is kept on the GPU (10 000 images 3×32×32: 123 MB)
+
+
+@dataclass(frozen=True)
+class FastPath:
+    """The speed switches of :func:`train`. None changes the maths; bf16 rounds the forward pass.
+
+    - ``data_on_device``: tensor-backed data (a tensor, ``TensorDataset``, ``ImageDataset``) is copied
+      to the device once and batches are drawn there (no host→device copy per step).
+    - ``amp_dtype``: autocast the forward pass and loss (``torch.bfloat16``, or ``torch.float16`` with
+      a GradScaler) on CUDA; None: float32.
+    - ``channels_last``: the model and 4-D image batches are stored N×H×W×C (``torch.randn_like(x)``
+      then fills x in that order: the same distribution, another draw than without it).
+    - ``fused_adamw``: AdamW updates every parameter in one fused kernel.
+    - ``compile``: a ``torch.compile`` mode ("default", "reduce-overhead", "max-autotune") for the
+      forward and backward pass, or None. The first steps compile (tens of seconds).
+    """
+
+    data_on_device: bool = False
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    fused_adamw: bool = False
+    compile: str | None = None
+
+    def __post_init__(self):
+        check_choice(self.amp_dtype, "amp_dtype", (None, torch.bfloat16, torch.float16))
+        check_choice(self.compile, "compile", (None, "default", "reduce-overhead", "max-autotune",
+                                               "max-autotune-no-cudagraphs"))
+
+
+def fast_path(device) -> FastPath:
+    """The switches :func:`train` uses by default on ``device`` (a torch.device or a name such as "cuda";
+    it need not exist here). On CUDA: data on the GPU, bf16 autocast, channels_last and fused AdamW;
+    torch.compile stays opt-in (it compiles for a minute or more before the first step). On the CPU:
+    none of them — channels_last, fused AdamW and torch.compile measured no clearly faster there
+    (``dlcourse benchmark``, README "Performance"); bf16 autocast is CUDA-only in this course. MPS
+    (not measured) keeps the CPU's defaults."""
+    kind = torch.device(device).type
+    if kind == "cuda":
+        return FastPath(data_on_device=True, amp_dtype=torch.bfloat16, channels_last=True, fused_adamw=True)
+    return FastPath()
+
+
+class TrainStep:
+    """One optimizer update of :func:`train`, set up once: ``step(k)`` draws mini-batch k (0-based),
+    updates the model (and the EMA) and returns the detached loss, left on the device.
+
+    ``dlcourse benchmark`` times this same object, so its numbers are the training loop's."""
+
+    def __init__(self, model: nn.Module, loss_fn, data, *, batch_size: int, lr: float, device: torch.device,
+                 fast: FastPath, seed: int = 0, weight_decay: float = 0.0, grad_clip: float | None = None,
+                 ema_decay: float | None = None):
+        self.model, self.loss_fn, self.grad_clip, self.fast, self.device = model, loss_fn, grad_clip, fast, device
+        model.to(device, memory_format=torch.channels_last if fast.channels_last else torch.preserve_format)
+        self.ema = EMA(model, ema_decay) if ema_decay is not None else None
+        self.batches = _Batches(data, batch_size, seed)
+        if fast.data_on_device and self.batches.tensors is not None and \
+                sum(t.nbytes for t in self.batches.tensors) <= _RESIDENT_MAX_BYTES:
+            self.batches.to(device)
+        self.optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
+                                           weight_decay=weight_decay, fused=fast.fused_adamw or None)
+        amp_dtype = fast.amp_dtype if device.type == "cuda" else None
+        self.scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+        self.autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+        self.forward_model = model if fast.compile is None else torch.compile(model, mode=fast.compile)
+
+    def keep_fused_setting(self) -> None:
+        """After loading an optimizer state saved elsewhere: use this machine's choice of fused kernel."""
+        for group in self.optimizer.param_groups:
+            group["fused"] = self.fast.fused_adamw or None
+
+    def __call__(self, k: int) -> torch.Tensor:
+        batch = _to_device(self.batches(k), self.device, self.fast.channels_last)
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.autocast:
+            loss = self.loss_fn(self.forward_model, batch)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
+            raise fail("loss_fn", "to return a scalar float tensor (e.g. F.mse_loss(eps_pred, noise))",
+                       describe(loss))
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
+        if self.grad_clip is not None:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return loss.detach().reshape(())
+
+
 class _Batches:
     """Mini-batch k (0-based) is a pure function of (seed, k): epoch e uses a permutation drawn
     from a generator seeded with (seed, e) and batches are consecutive slices of it (the last
-    incomplete slice of each epoch is dropped). Resuming therefore needs no sampler state."""
+    incomplete slice of each epoch is dropped). Resuming therefore needs no sampler state.
+
+    Tensor-backed data (a tensor, a ``TensorDataset`` or an ``ImageDataset``) is indexed as
+    whole tensors, which gives the batches the per-item collate would, without the per-item calls."""
 
     def __init__(self, data, batch_size: int, seed: int):
         self.data, self.batch_size, self.seed = data, batch_size, seed
+        self.tensors = _tensors_of(data)
         self.n = data.shape[0] if isinstance(data, torch.Tensor) else len(data)
         self.per_epoch = self.n // batch_size
         self._epoch, self._perm = -1, None
+
+    def to(self, device: torch.device) -> "_Batches":
+        """Keep tensor-backed data on ``device``: batches are then drawn there, with no copy per step."""
+        if self.tensors is not None:
+            self.tensors = tuple(t.to(device) for t in self.tensors)
+        return self
 
     def indices(self, k: int) -> torch.Tensor:
         epoch, j = divmod(k, self.per_epoch)
         if epoch != self._epoch:
             seed = int(np.random.SeedSequence([self.seed, epoch]).generate_state(1)[0])
             self._perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed))
+            if self.tensors is not None:
+                self._perm = self._perm.to(self.tensors[0].device)
             self._epoch = epoch
         return self._perm[j * self.batch_size:(j + 1) * self.batch_size]
 
     def __call__(self, k: int):
         idx = self.indices(k)
-        if isinstance(self.data, torch.Tensor):
-            return self.data[idx]
-        if isinstance(self.data, torch.utils.data.TensorDataset):  # fast path: no per-item calls
-            return tuple(t[idx] for t in self.data.tensors)
+        if self.tensors is not None:
+            batch = tuple(t[idx] for t in self.tensors)
+            return batch[0] if isinstance(self.data, torch.Tensor) else batch
         if hasattr(self.data, "__getitems__"):
             items = self.data.__getitems__(idx.tolist())
         else:
@@ -581,13 +689,30 @@ class _Batches:
         return tuple(batch) if isinstance(batch, list) else batch
 
 
-def _to_device(batch, device: torch.device):
+def _tensors_of(data) -> tuple[torch.Tensor, ...] | None:
+    """The tensors whose rows are the examples of ``data``, or None for other datasets."""
+    from .data import ImageDataset
+
+    if isinstance(data, torch.Tensor):
+        return (data,)
+    if isinstance(data, torch.utils.data.TensorDataset):
+        return tuple(data.tensors)
+    if type(data) is ImageDataset:  # a subclass may change __getitem__
+        return data.images, data.labels
+    return None
+
+
+def _to_device(batch, device: torch.device, channels_last: bool = False):
+    """``batch`` on ``device``; with ``channels_last``, its 4-D float tensors (image batches) stored NHWC."""
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        batch = batch.to(device, non_blocking=True)
+        if channels_last and batch.dim() == 4 and batch.is_floating_point():
+            batch = batch.contiguous(memory_format=torch.channels_last)
+        return batch
     if isinstance(batch, (tuple, list)):
-        return type(batch)(_to_device(b, device) for b in batch)
+        return type(batch)(_to_device(b, device, channels_last) for b in batch)
     if isinstance(batch, dict):
-        return {k: _to_device(v, device) for k, v in batch.items()}
+        return {k: _to_device(v, device, channels_last) for k, v in batch.items()}
     return batch
 
 
@@ -616,7 +741,7 @@ def _check_optional_positive_int(v, name: str):
 
 
 def _check_train_args(model, loss_fn, data, steps, batch_size, lr, weight_decay, grad_clip, ema_decay,
-                      checkpoint_every, preview_every, preview, seed, amp_dtype) -> None:
+                      checkpoint_every, preview_every, preview, seed, amp_dtype, fast) -> None:
     """Refuse every bad argument of :func:`train` before anything runs."""
     if not isinstance(model, nn.Module):
         raise fail("model", "a torch.nn.Module", describe(model))
@@ -638,7 +763,9 @@ def _check_train_args(model, loss_fn, data, steps, batch_size, lr, weight_decay,
     if preview_every is not None and preview is None:
         raise fail("preview", "a function preview(model, step) when preview_every is set", "None")
     check_seed(seed)
-    check_choice(amp_dtype, "amp_dtype", (None, torch.bfloat16, torch.float16))
+    check_choice(amp_dtype, "amp_dtype", ("auto", None, torch.bfloat16, torch.float16))
+    if fast is not None and not isinstance(fast, FastPath):
+        raise fail("fast", "a dlcourse.training.FastPath (e.g. fast_path('cuda')) or None", describe(fast))
     if not any(p.requires_grad for p in model.parameters()):
         raise fail("model", "a model with trainable parameters", describe(model))
 
@@ -661,30 +788,6 @@ def _resume(checkpoint: Path, model, optimizer, ema, scaler, config: dict) -> tu
         print(f"note: settings differ from the checkpoint {changed}; the resumed run will not "
               "match a straight one")
     return ck.step, ck.history
-
-
-def _optimizer_step(model, loss_fn, batch, optimizer, scaler, autocast, grad_clip, ema) -> torch.Tensor:
-    """One AdamW update on ``loss_fn(model, batch)`` (and the EMA's); return the detached loss."""
-    optimizer.zero_grad(set_to_none=True)
-    with autocast:
-        loss = loss_fn(model, batch)
-    if not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.is_floating_point():
-        raise fail("loss_fn", "to return a scalar float tensor (e.g. F.mse_loss(eps_pred, noise))", describe(loss))
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    else:
-        loss.backward()
-    if grad_clip is not None:
-        nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    if ema is not None:
-        ema.update(model)
-    return loss.detach().reshape(())
 
 
 class _LossLog:
@@ -726,7 +829,8 @@ def _run_preview(preview, target: nn.Module, step: int, device: torch.device) ->
 def train(model: nn.Module, loss_fn, data, *, steps: int, batch_size: int, lr: float = 2e-4, device=None,
           ema_decay: float | None = None, checkpoint=None, checkpoint_every: int | None = None,
           preview_every: int | None = None, preview=None, seed: int = 0, progress: bool = True,
-          weight_decay: float = 0.0, grad_clip: float | None = None, amp_dtype=None) -> History:
+          weight_decay: float = 0.0, grad_clip: float | None = None, amp_dtype="auto",
+          fast: FastPath | None = None) -> History:
     """Train ``model`` for ``steps`` AdamW updates on ``loss_fn(model, batch)``; return the History.
 
     - ``data``: a Dataset (items are collated, so ``(image, label)`` items give a
@@ -745,39 +849,39 @@ def train(model: nn.Module, loss_fn, data, *, steps: int, batch_size: int, lr: f
       from it ("resuming from step k") and returns at once if ``steps`` is
       already reached. Straight and resumed runs give the same weights. While
       training, the folder is locked: a second process training into it is refused.
-    - ``amp_dtype`` (torch.bfloat16 or torch.float16): autocast on CUDA only
-      (float16 with a GradScaler); ignored with a note elsewhere.
+    - ``fast``: the speed switches (:class:`FastPath`); default :func:`fast_path` of the device
+      (on CUDA: data on the GPU, bf16 autocast, channels_last, fused AdamW; elsewhere none).
+    - ``amp_dtype`` (torch.bfloat16, torch.float16 or None for float32) replaces ``fast.amp_dtype``;
+      "auto" keeps it. Autocast runs on CUDA only (float16 with a GradScaler); ignored with a note elsewhere.
     - ``grad_clip``: clip the gradient norm to this value before each update.
     """
     _check_train_args(model, loss_fn, data, steps, batch_size, lr, weight_decay, grad_clip, ema_decay,
-                      checkpoint_every, preview_every, preview, seed, amp_dtype)
+                      checkpoint_every, preview_every, preview, seed, amp_dtype, fast)
+    device = check_device(device) if device is not None else get_device()
+    fast = fast_path(device) if fast is None else fast
+    if amp_dtype != "auto":
+        if amp_dtype is not None and device.type != "cuda":
+            print(f"note: amp_dtype={amp_dtype} ignored on {device.type} (mixed precision runs on CUDA only)")
+        fast = replace(fast, amp_dtype=amp_dtype)
+    run = TrainStep(model, loss_fn, data, batch_size=batch_size, lr=lr, device=device, fast=fast, seed=seed,
+                    weight_decay=weight_decay, grad_clip=grad_clip, ema_decay=ema_decay)
     if checkpoint is None:
-        return _train(model, loss_fn, data, steps, batch_size, lr, device, ema_decay, None, None,
-                      preview_every, preview, seed, progress, weight_decay, grad_clip, amp_dtype)
+        return _train(run, steps, None, None, preview_every, preview, seed, progress)
     checkpoint = _check_folder(checkpoint)
     with _locked(checkpoint):
-        return _train(model, loss_fn, data, steps, batch_size, lr, device, ema_decay, checkpoint,
-                      checkpoint_every or max(1, steps // 10), preview_every, preview, seed, progress,
-                      weight_decay, grad_clip, amp_dtype)
+        return _train(run, steps, checkpoint, checkpoint_every or max(1, steps // 10), preview_every, preview,
+                      seed, progress)
 
 
-def _train(model, loss_fn, data, steps, batch_size, lr, device, ema_decay, checkpoint, checkpoint_every,
-           preview_every, preview, seed, progress, weight_decay, grad_clip, amp_dtype) -> History:
+def _train(run: TrainStep, steps, checkpoint, checkpoint_every, preview_every, preview, seed, progress) -> History:
     """The loop of :func:`train`, after its arguments were checked (and the checkpoint locked)."""
     from tqdm.auto import tqdm
 
-    device = check_device(device) if device is not None else get_device()
-    model.to(device)
-    if amp_dtype is not None and device.type != "cuda":
-        print(f"note: amp_dtype={amp_dtype} ignored on {device.type} (mixed precision runs on CUDA only)")
-        amp_dtype = None
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
-                                  weight_decay=weight_decay)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    ema = EMA(model, ema_decay) if ema_decay is not None else None
-    config = {"batch_size": batch_size, "seed": seed, "lr": lr}
+    model, optimizer, scaler, ema, device = run.model, run.optimizer, run.scaler, run.ema, run.device
+    config = {"batch_size": run.batches.batch_size, "seed": seed, "lr": optimizer.defaults["lr"]}
     start, history = (0, History()) if checkpoint is None else _resume(checkpoint, model, optimizer, ema,
                                                                        scaler, config)
+    run.keep_fused_setting()
     if start >= steps:
         print(f"checkpoint {str(checkpoint)!r} already has {start} steps (asked for {steps}): "
               "returning its history")
@@ -788,18 +892,15 @@ def _train(model, loss_fn, data, steps, batch_size, lr, device, ema_decay, check
     else:
         torch.manual_seed(seed)
 
-    batches = _Batches(data, batch_size, seed)
     was_training = model.training
     model.train()
-    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     bar = tqdm(total=steps, initial=start, desc="training", disable=not progress)
     log = _LossLog(history, bar)
     step = start
     clock = time.perf_counter()
     try:
         for step in range(start + 1, steps + 1):
-            batch = _to_device(batches(step - 1), device)
-            log.add(step, _optimizer_step(model, loss_fn, batch, optimizer, scaler, autocast, grad_clip, ema))
+            log.add(step, run(step - 1))
             bar.update(1)
             if preview_every is not None and step % preview_every == 0:
                 log.flush()
