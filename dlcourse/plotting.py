@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .validation import check_images, check_positive_int, describe, fail
+from .validation import check_images, check_int, check_positive_int, check_real, describe, fail, is_int, is_real
 
 __all__ = [
     "quick_mode_title",
@@ -80,8 +80,7 @@ def _check_value_range(value_range) -> tuple[float, float]:
     ok = (
         isinstance(value_range, (tuple, list))
         and len(value_range) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value_range)
-        and all(math.isfinite(v) for v in value_range)
+        and all(is_real(v) for v in value_range)
         and value_range[0] < value_range[1]
     )
     if not ok:
@@ -195,8 +194,7 @@ def image_grid(x, nrow: int | None = None, padding: int = 2, value_range=(-1, 1)
     and widget code (which have no title to warn in: use :func:`show_images`
     to see why a grid is saturated).
     """
-    if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-        raise fail("padding", "a non-negative int", describe(padding))
+    padding = check_int(padding, "padding", low=0, expected="a non-negative int")
     tiles, _ = _to_tiles(x, value_range)
     per_row, rows = _layout(len(tiles), nrow)
     return _grid_from_tiles(tiles, per_row, rows, padding)
@@ -284,9 +282,13 @@ def show_images(x, *, value_range=(-1, 1), nrow: int | None = None, title: str |
     for c, label in enumerate(col_titles or []):
         ax.text(c * (w + padding) + w / 2, -padding - 1, label, ha="center", va="bottom", fontsize="small")
     heading = _full_title(title, ax, note)
-    if heading:
-        label_lines = max((label.count("\n") + 1 for label in col_titles or []), default=0)
-        ax.set_title(heading, fontsize="small", pad=6 + 11 * label_lines)  # above the column titles
+    if heading and col_titles:
+        # anchored to the column titles' baseline, so it clears them at any figure size
+        label_lines = max(label.count("\n") + 1 for label in col_titles)
+        ax.annotate(heading, (per_row * (w + padding) / 2, -padding - 1), xytext=(0, 4 + 11 * label_lines),
+                    textcoords="offset points", ha="center", va="bottom", fontsize="small", annotation_clip=False)
+    elif heading:
+        ax.set_title(heading, fontsize="small")
     if fig is not None:
         plt.close(fig)
         return fig
@@ -311,10 +313,10 @@ def forward_strip(schedule, x0, ts, *, noise=None, value_range=(-1, 1), generato
     T = int(schedule.T)
     if isinstance(ts, torch.Tensor):
         ts = ts.tolist()
-    if isinstance(ts, int) and not isinstance(ts, bool):
+    if is_int(ts):
         ts = [ts]
     if (not isinstance(ts, (list, tuple)) or not ts
-            or not all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < T for t in ts)):
+            or not all(is_int(t, 0) and t < T for t in ts)):
         raise fail("ts", f"a non-empty list of ints in [0, {T - 1}] (t is 0-based)", describe(ts))
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator).to(x0.device)
@@ -336,7 +338,7 @@ def _ordered_trajectory(trajectory, ts=None) -> list[tuple[int, torch.Tensor]]:
     if not isinstance(trajectory, dict) or not trajectory:
         raise fail("trajectory", "a non-empty dict {t: x_t} (as returned by the samplers with trajectory_at)",
                    describe(trajectory))
-    if not all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in trajectory):
+    if not all(is_int(t) for t in trajectory):
         raise fail("trajectory", "int keys t", f"keys {list(trajectory)[:10]}")
     keys = list(trajectory)
     if ts is not None:
@@ -415,11 +417,9 @@ def save_gif(trajectory, path, *, fps: float = 10, nrow: int | None = None, valu
     """
     from PIL import Image
 
-    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 < fps <= 100:
-        raise fail("fps", "frames per second in (0, 100]", describe(fps))
+    fps = check_real(fps, "fps", low=0, high=100, low_open=True)
     check_positive_int(scale, "scale")
-    if isinstance(hold_last, bool) or not isinstance(hold_last, (int, float)) or hold_last < 0:
-        raise fail("hold_last", "seconds >= 0", describe(hold_last))
+    hold_last = check_real(hold_last, "hold_last", low=0, hint=" (seconds)")
     if not isinstance(path, (str, Path)):
         raise fail("path", "a file path (str or pathlib.Path)", describe(path))
     path = Path(path)

@@ -5,6 +5,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -166,9 +167,16 @@ def test_quick_mode_title_says_untrained_only_in_quick_mode(monkeypatch):
     assert fig.axes[0].get_title() == "samples"
 
 
-def test_strips_pass_the_title_through_above_the_column_labels():
-    fig = reverse_strip(trajectory(), title="reverse process")
-    assert fig.axes[0].get_title() == "reverse process"
+@pytest.mark.parametrize("figsize", [None, (6, 11), (12, 3)])
+def test_strips_pass_the_title_through_above_the_column_labels(figsize):
+    fig = reverse_strip(trajectory(), title="reverse process", figsize=figsize)
+    ax = fig.axes[0]
+    (heading,) = [t for t in ax.texts if t.get_text() == "reverse process"]
+    labels = [t for t in ax.texts if t.get_text().startswith("t = ")]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)  # lays out the equal-aspect image as savefig would
+    lowest = heading.get_window_extent(renderer).y0
+    assert labels and all(lowest >= t.get_window_extent(renderer).y1 for t in labels)  # never overlapping
 
 
 def test_show_images_returns_closed_figure_with_one_image():

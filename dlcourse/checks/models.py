@@ -430,7 +430,7 @@ def check_train_step(fn) -> CheckResult:
             f"❌ {name}: returned a tensor{graph}, expected a float\n   Hint: return loss.item(). Appended to "
             "losses, the tensor would keep every step's computation graph alive (memory grows each step) "
             "and the plots would need .detach().")
-    if isinstance(first, bool) or not isinstance(first, float):
+    if not isinstance(first, float):
         raise AssertionError(f"❌ {name}: returned {describe(first)}, expected the loss as a float\n"
                              "   Hint: end with return loss.item().")
     if abs(first - expected[0]) > 1e-5:
