@@ -285,6 +285,7 @@ def show_images(x, *, value_range=(-1, 1), nrow: int | None = None, title: str |
     if heading and col_titles:
         # anchored to the column titles' baseline, so it clears them at any figure size
         label_lines = max(label.count("\n") + 1 for label in col_titles)
+        ax.set_title("")  # the axes' own title, if any, is part of the heading
         ax.annotate(heading, (per_row * (w + padding) / 2, -padding - 1), xytext=(0, 4 + 11 * label_lines),
                     textcoords="offset points", ha="center", va="bottom", fontsize="small", annotation_clip=False)
     elif heading:
