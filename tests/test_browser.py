@@ -17,6 +17,7 @@ budget (``TOTAL_SECONDS``); every wait has its own timeout as well.
 from __future__ import annotations
 
 import base64
+import contextlib
 import importlib.util
 import io
 import os
@@ -244,12 +245,26 @@ def png_info(data: bytes) -> tuple[int, int, float]:
     return pixels.shape[1], pixels.shape[0], float(pixels.astype("float32").std())
 
 
-def test_notebook_00_dataset_grid_renders_as_an_image(browser, lab, deadline, artifacts):
-    name = "00_welcome.ipynb"
+@contextlib.contextmanager
+def notebook_run(browser, lab, name, deadline, artifacts, failure_png):
+    """A page with notebook ``name`` opened and run from the Run menu; on any failure a screenshot
+    ``failure_png``; the page closed and the kernels shut down in every case."""
     page = browser.new_page()
     try:
         open_notebook(page, lab, name, deadline, artifacts)
         run_all(page, lab, name, deadline, artifacts)
+        yield page
+    except BaseException:
+        failure_shot(page, artifacts, failure_png)
+        raise
+    finally:
+        page.close()
+        lab.shutdown_kernels()
+
+
+def test_notebook_00_dataset_grid_renders_as_an_image(browser, lab, deadline, artifacts):
+    name = "00_welcome.ipynb"
+    with notebook_run(browser, lab, name, deadline, artifacts, "00_failure.png") as page:
         index = next(i for i, c in enumerate(code_cells(name, lab)) if "show_images(ds.images" in c.source)
         output = page.locator(".jp-NotebookPanel .jp-Notebook .jp-CodeCell").nth(index).locator(".jp-OutputArea")
         image = output.locator("img").first
@@ -262,20 +277,11 @@ def test_notebook_00_dataset_grid_renders_as_an_image(browser, lab, deadline, ar
         assert spread > 10, "the dataset grid is a blank image"
         shot(page, artifacts, "00_dataset_grid.png", top=output)
         assert not error_outputs(save_and_read(page, lab, name, deadline))
-    except BaseException:
-        failure_shot(page, artifacts, "00_failure.png")
-        raise
-    finally:
-        page.close()
-        lab.shutdown_kernels()
 
 
 def test_notebook_04_runs_and_the_w_slider_changes_the_image(browser, lab, deadline, artifacts):
     name = "04_classifier_free_guidance.ipynb"
-    page = browser.new_page()
-    try:
-        open_notebook(page, lab, name, deadline, artifacts)
-        run_all(page, lab, name, deadline, artifacts)
+    with notebook_run(browser, lab, name, deadline, artifacts, "04_failure.png") as page:
         nb = save_and_read(page, lab, name, deadline)
         assert not error_outputs(nb), f"{name}: error outputs in the saved notebook: {error_outputs(nb)}"
 
@@ -317,9 +323,3 @@ def test_notebook_04_runs_and_the_w_slider_changes_the_image(browser, lab, deadl
             width, height, _ = png_info(data)
             assert width >= 300 and height > 0
         assert f"w = {float(w_after):g}" in explorer.inner_text(), "the caption does not name the new w"
-    except BaseException:
-        failure_shot(page, artifacts, "04_failure.png")
-        raise
-    finally:
-        page.close()
-        lab.shutdown_kernels()
