@@ -19,7 +19,7 @@ def banner() -> str:
     chosen, reason = mode_and_reason()
     meaning = {
         "full": "sized for one CUDA GPU",
-        "cpu": "sized for a CPU: each lesson in about 10 minutes, small images (DLCOURSE_BUDGET=full for GPU sizes)",
+        "cpu": "sized for a CPU: each lesson in about 4-15 minutes on 2 cores, small images (DLCOURSE_BUDGET=full for GPU sizes)",
         "quick": "CI smoke run: tiny data, few steps - pictures and numbers are not meaningful",
     }[chosen]
     return f"dlcourse {__version__} | {chosen.upper()} budget ({reason}): {meaning} | device: {get_device()}"

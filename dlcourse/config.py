@@ -4,7 +4,7 @@ Three budgets, one table. Notebooks read their sizes with ``budget("02_ddpm")`` 
 branch on the mode themselves, so they read the same under every budget.
 
 - ``full``  — one CUDA GPU: the sizes the course is designed for (default where CUDA exists).
-- ``cpu``   — a laptop without a GPU: each lesson in ≤ 10 minutes on 2 cores, with pictures and
+- ``cpu``   — a laptop without a GPU: each lesson in about 4–15 minutes on 2 cores, with pictures and
   numbers that mean something (16×16 images, small U-Nets; sized by measurement, see
   ``docs/results.md``). Default where there is no CUDA.
 - ``quick`` — CI smoke runs: seconds per lesson, numbers meaningless.
