@@ -36,6 +36,8 @@ __all__ = [
     "per_class_accuracy",
     "colour_accuracy",
     "diversity",
+    "neighbour_rms",
+    "noise_like",
 ]
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -294,3 +296,17 @@ def diversity(x: torch.Tensor, labels, evaluator: Evaluator | None = None, batch
         n = f.shape[0]
         per_class.append(torch.cdist(f, f).sum() / (n * (n - 1)))
     return float(torch.stack(per_class).mean())
+
+
+def neighbour_rms(x: torch.Tensor) -> torch.Tensor:
+    """Per image, the RMS difference of horizontally neighbouring pixels,
+    sqrt(mean (x[..., i, j+1] − x[..., i, j])²): 0 for a flat image, √2 for white noise of unit variance."""
+    check_images(x, "x")
+    return (x[..., :, 1:] - x[..., :, :-1]).double().pow(2).flatten(1).mean(1).sqrt()
+
+
+def noise_like(x: torch.Tensor, real: torch.Tensor) -> int:
+    """How many images of ``x`` are rougher (:func:`neighbour_rms`) than every image of ``real``:
+    what saturated colour noise looks like, and what FID can miss (lesson 03)."""
+    return int((neighbour_rms(x.detach().cpu()) > neighbour_rms(real.detach().cpu()).max()).sum())
+

@@ -124,3 +124,26 @@ def test_bad_inputs_teach(evaluator, fresh):
         metrics.colour_accuracy(x, ["green"] * 4, evaluator)
     with pytest.raises(ValueError, match="evaluator: expected"):
         metrics.fid(x, x, evaluator="inception")
+
+
+def test_neighbour_rms_matches_closed_forms():
+    flat = torch.full((1, 1, 2, 5), 0.3)
+    stripes = torch.zeros(1, 1, 4, 4)
+    stripes[..., 1::2] = 1.0  # columns 0,1,0,1: every horizontal difference is ±1
+    ramp = torch.arange(5.0).repeat(1, 1, 2, 1) / 10  # each step 0.1
+    rms = metrics.neighbour_rms(torch.cat([flat, ramp]))
+    assert rms.tolist() == pytest.approx([0.0, 0.1])
+    assert metrics.neighbour_rms(stripes).item() == pytest.approx(1.0)
+    noise = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    assert metrics.neighbour_rms(noise).mean().item() == pytest.approx(2 ** 0.5, rel=0.02)
+
+
+def test_noise_like_counts_images_rougher_than_every_real_one():
+    g = torch.Generator().manual_seed(0)
+    real = torch.linspace(-1, 1, 16).repeat(6, 3, 16, 1)  # smooth ramps
+    smooth = real[:3] * 0.5
+    noisy = (torch.rand(2, 3, 16, 16, generator=g) * 2 - 1)
+    assert metrics.noise_like(torch.cat([smooth, noisy]), real) == 2
+    assert metrics.noise_like(real, real) == 0  # the roughest real image is not rougher than itself
+    with pytest.raises(ValueError, match="x"):
+        metrics.noise_like(torch.zeros(3, 16, 16), real)
