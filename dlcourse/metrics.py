@@ -302,11 +302,13 @@ def neighbour_rms(x: torch.Tensor) -> torch.Tensor:
     """Per image, the RMS difference of horizontally neighbouring pixels,
     sqrt(mean (x[..., i, j+1] − x[..., i, j])²): 0 for a flat image, √2 for white noise of unit variance."""
     check_images(x, "x")
-    return (x[..., :, 1:] - x[..., :, :-1]).double().pow(2).flatten(1).mean(1).sqrt()
+    return (x[..., :, 1:] - x[..., :, :-1]).float().pow(2).flatten(1).mean(1).sqrt()
 
 
 def noise_like(x: torch.Tensor, real: torch.Tensor) -> int:
     """How many images of ``x`` are rougher (:func:`neighbour_rms`) than every image of ``real``:
     what saturated colour noise looks like, and what FID can miss (lesson 03)."""
-    return int((neighbour_rms(x.detach().cpu()) > neighbour_rms(real.detach().cpu()).max()).sum())
-
+    check_images(real, "real")
+    with torch.no_grad():
+        roughest_real = neighbour_rms(real).max().item()
+        return int((neighbour_rms(x) > roughest_real).sum())

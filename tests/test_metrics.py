@@ -147,3 +147,5 @@ def test_noise_like_counts_images_rougher_than_every_real_one():
     assert metrics.noise_like(real, real) == 0  # the roughest real image is not rougher than itself
     with pytest.raises(ValueError, match="x"):
         metrics.noise_like(torch.zeros(3, 16, 16), real)
+    with pytest.raises(ValueError, match="real"):
+        metrics.noise_like(real, [0.5])
