@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 import dlcourse
-from dlcourse.assessment import CONTEXT_DIM, assessment_schedule, flower_context
+from dlcourse.grading.assessment import CONTEXT_DIM, assessment_schedule, flower_context
 from dlcourse.data import PETAL_COLOURS, load_flowers
 from dlcourse.guidance import context_mask
 from dlcourse.models import ConditionalUNet, count_parameters, save_model

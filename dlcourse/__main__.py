@@ -1,6 +1,6 @@
-"""``python -m dlcourse`` runs the command line (see dlcourse.cli)."""
+"""``python -m dlcourse`` runs the command line (see dlcourse.tools.cli)."""
 import sys
 
-from .cli import main
+from .tools.cli import main
 
 sys.exit(main())

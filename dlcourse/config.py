@@ -52,6 +52,12 @@ def is_quick() -> bool:
     return mode() == "quick"
 
 
+# The U-Net switches of the two models lesson 03 compares (dlcourse.models.UNet keyword arguments).
+LESSON02 = {"norm": "batch", "activation": "relu", "pool": "max", "time_embedding": "mlp", "residual": False,
+            "upsample": "transpose"}
+OPTIMISED = {"norm": "group", "activation": "gelu", "pool": "rearrange", "time_embedding": "sinusoidal",
+             "residual": True, "upsample": "nearest"}
+
 # Each lesson's sizes: (full, cpu, quick). Keys are read by the notebooks.
 # n_images: training images; train_steps: optimizer steps; batch_size; lr: peak learning rate;
 # T: diffusion steps; n_samples: images sampled for grids/metrics.

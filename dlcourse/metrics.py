@@ -10,7 +10,7 @@ with feature means μ_a, μ_b and covariances Σ_a, Σ_b,
 The weights ship with the package (``dlcourse/weights/evaluator.safetensors`` and
 ``evaluator.json`` with the architecture, class and colour names, the data it was
 trained on, its test accuracies and reference FIDs; see docs/metrics.md).
-Retrain with ``dlcourse train-evaluator`` (:mod:`dlcourse.evaluator_training`).
+Retrain with ``dlcourse train-evaluator`` (:mod:`dlcourse.tools.evaluator_training`).
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from dlcourse.assessment import CONTEXT_DIM, PAIRS, check_submission, export, flower_context
+from dlcourse.grading.assessment import CONTEXT_DIM, PAIRS, check_submission, export, flower_context
 from dlcourse.data import CLASSES, PETAL_COLOURS, load_flowers
 from dlcourse.models import ConditionalUNet
 

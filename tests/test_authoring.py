@@ -1,12 +1,12 @@
-"""The solution -> student notebook pipeline (dlcourse.authoring) and the CLI around it."""
+"""The solution -> student notebook pipeline (dlcourse.tools.authoring) and the CLI around it."""
 from __future__ import annotations
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
 
-from dlcourse import authoring, cli
-from dlcourse.authoring import AuthoringError, build_all, render_student
+from dlcourse.tools import authoring, cli
+from dlcourse.tools.authoring import AuthoringError, build_all, render_student
 
 
 def compile_cell(source: str) -> None:

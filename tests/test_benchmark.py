@@ -4,8 +4,8 @@ import json
 import pytest
 import torch
 
-from dlcourse import benchmark
-from dlcourse.benchmark import Comparison, Row, Settings
+from dlcourse.tools import benchmark
+from dlcourse.tools.benchmark import Comparison, Row, Settings
 
 TINY = Settings(channels=(8, 16), image_size=8, T=20, batch_size=4, n_samples=2, timed_steps=1, warmup_steps=1,
                 sampling_steps=3, guided_n_samples=3, repeats=2)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from dlcourse import doctor
+from dlcourse.tools import doctor
 from dlcourse.config import BUDGETS
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dlcourse.benchmark import LESSON02, OPTIMISED
+from dlcourse.config import LESSON02, OPTIMISED
 from dlcourse.config import budget
 from dlcourse.data import load_flowers
 from dlcourse.guidance import context_mask, guided_eps_fn, one_hot

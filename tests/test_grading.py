@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from dlcourse.assessment import CONTEXT_DIM, NOTEBOOK_FILE, ANSWERS_FILE
+from dlcourse.grading.assessment import CONTEXT_DIM, NOTEBOOK_FILE, ANSWERS_FILE
 from dlcourse.data import load_flowers
 from dlcourse.grading import grade_class, load_settings, main, model as model_part, sandbox
 from dlcourse.grading.exercises import TAG_PREFIX

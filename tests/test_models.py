@@ -350,7 +350,7 @@ def test_register_requires_json_arguments(monkeypatch):
 
 def test_optimised_defaults_are_lesson_03s_switches():
     """UNet and ConditionalUNet default to every lesson-03 optimisation, nearest upsampling included."""
-    from dlcourse.benchmark import OPTIMISED
+    from dlcourse.config import OPTIMISED
 
     for cls in (UNet, ConditionalUNet):
         config = cls(channels=TINY, image_size=16, T=50).config

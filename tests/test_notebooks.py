@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from dlcourse import authoring
+from dlcourse.tools import authoring
 
 ROOT = Path(__file__).resolve().parent.parent
 PAIRS = authoring.pairs(ROOT)

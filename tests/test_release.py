@@ -4,14 +4,14 @@ from __future__ import annotations
 import json
 import shutil
 
-from dlcourse.release import answer_lines, find_leaks, main, release
+from dlcourse.tools.release import answer_lines, find_leaks, main, release
 
 
 def test_release_holds_what_students_need_and_no_answer(repo_root, tmp_path):
     out = tmp_path / "handout"
     files = {str(p.relative_to(out)) for p in release(out, repo_root)}
     assert "assessments/assessment.ipynb" in files and "notebooks/04_classifier_free_guidance.ipynb" in files
-    assert "dlcourse/assessment.py" in files and "README.md" in files
+    assert "dlcourse/grading/assessment.py" in files and "README.md" in files
     # no masters, tests, grading settings, reference model or instructor guide
     forbidden = [f for f in files if f.startswith(("solutions/", "tests/")) or f.endswith(".solution.ipynb")
                  or (f.startswith("assessments/") and f != "assessments/assessment.ipynb")]

@@ -7,8 +7,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_raw_cell
 
-from dlcourse import authoring, cli
-from dlcourse.authoring import AuthoringError, build_all, find_leaks, render_student
+from dlcourse.tools import authoring, cli
+from dlcourse.tools.authoring import AuthoringError, build_all, find_leaks, render_student
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSWER = "answer = 6 * 7"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dlcourse import benchmark, cli
+from dlcourse.tools import benchmark, cli
 
 
 def run_cli(capsys, *argv) -> tuple[int, str]:
@@ -20,7 +20,7 @@ def run_cli(capsys, *argv) -> tuple[int, str]:
 def no_work(monkeypatch):
     """Fail the test if a command starts measuring or training before its options were checked."""
     monkeypatch.setattr(benchmark, "run_rows", lambda *a, **k: pytest.fail("measured before checking options"))
-    monkeypatch.setattr("dlcourse.evaluator_training.train_evaluator",
+    monkeypatch.setattr("dlcourse.tools.evaluator_training.train_evaluator",
                         lambda **k: pytest.fail("trained before checking options"))
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 

@@ -1,4 +1,4 @@
-"""The results page (dlcourse.results) and the shipped reference models (dlcourse.pretrained)."""
+"""The results page (dlcourse.tools.results) and the shipped reference models (dlcourse.pretrained)."""
 from __future__ import annotations
 
 import base64
@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dlcourse import pretrained, results
+from dlcourse import pretrained
+from dlcourse.tools import results
 from dlcourse.models import ConditionalUNet, UNet
 from dlcourse.schedules import Schedule, scaled_linear_betas
 

@@ -1,7 +1,7 @@
 """dlcourse timings: every solution notebook and the assessment master, one row each, failures reported."""
 import json
 
-from dlcourse import results
+from dlcourse.tools import timings
 
 
 def test_every_notebook_gets_a_row_and_a_failure_does_not_stop_the_rest(monkeypatch, tmp_path, capsys):
@@ -13,10 +13,10 @@ def test_every_notebook_gets_a_row_and_a_failure_does_not_stop_the_rest(monkeypa
             raise RuntimeError("cell 7 failed\nwith a traceback")
         return None, 90.0, 150.0
 
-    monkeypatch.setattr(results, "run_notebook", fake_run)
+    monkeypatch.setattr(timings, "run_notebook", fake_run)
     out = tmp_path / "t.md"
-    assert results.timings(["--budget", "quick", "--out", str(out)]) == 1
-    notebooks = [p.name for p in results.all_notebooks()]
+    assert timings.main(["--budget", "quick", "--out", str(out)]) == 1
+    notebooks = [p.name for p in timings.all_notebooks()]
     assert [name for name, _, _ in ran] == notebooks and "assessment.solution.ipynb" in notebooks
     assert {budget for _, budget, _ in ran} == {"quick"}
     assert ("assessment.solution.ipynb", "quick", "assessments") in ran
@@ -28,7 +28,7 @@ def test_every_notebook_gets_a_row_and_a_failure_does_not_stop_the_rest(monkeypa
 
 
 def test_bad_out_is_one_line_before_any_run(monkeypatch, tmp_path, capsys):
-    monkeypatch.setattr(results, "run_notebook", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
-    assert results.timings(["--out", str(tmp_path)]) == 2
+    monkeypatch.setattr(timings, "run_notebook", lambda *a, **k: (_ for _ in ()).throw(AssertionError("ran")))
+    assert timings.main(["--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert "--out: expected a file in a folder you can write to" in err and "\n" not in err

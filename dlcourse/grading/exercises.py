@@ -62,7 +62,7 @@ class FunctionPart:
 def read_notebook(path: Path) -> dict:
     """The notebook JSON (size-capped, UTF-8); SubmissionError when it is not one."""
     if not path.is_file():
-        raise SubmissionError(f"{path.name}: missing (export the submission with dlcourse.assessment.export)")
+        raise SubmissionError(f"{path.name}: missing (export the submission with dlcourse.grading.assessment.export)")
     if path.stat().st_size > NOTEBOOK_CAP:
         raise SubmissionError(f"{path.name}: {path.stat().st_size} bytes, over the {NOTEBOOK_CAP} byte cap "
                               "(clear the outputs, save, and export again)")

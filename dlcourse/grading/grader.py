@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .. import budget
-from ..assessment import ANSWERS_FILE, NOTEBOOK_FILE
+from .assessment import ANSWERS_FILE, NOTEBOOK_FILE
 from ..files import write_atomically
 from . import exercises, model as model_part, report
 

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
-from ..assessment import ANSWERS_FILE, CONTEXT_DIM, PAIRS, W_RANGE, assessment_schedule, flower_context
+from .assessment import ANSWERS_FILE, CONTEXT_DIM, PAIRS, W_RANGE, assessment_schedule, flower_context
 from ..data import load_flowers
 from ..guidance import guided_eps_fn
 from ..metrics import class_accuracy, colour_accuracy, diversity, fid, load_evaluator, per_class_accuracy
@@ -49,7 +49,7 @@ def _int_in(config: dict, key: str, low: int, high: int) -> None:
 def read_config(path: Path) -> dict:
     """The student's config.json, checked against the assessment's allow-list and limits."""
     if not path.is_file():
-        raise SubmissionError(f"{CONFIG_FILE}: missing (save the model with dlcourse.assessment.export)")
+        raise SubmissionError(f"{CONFIG_FILE}: missing (save the model with dlcourse.grading.assessment.export)")
     if path.stat().st_size > CONFIG_CAP:
         raise SubmissionError(f"{CONFIG_FILE}: {path.stat().st_size} bytes, over the {CONFIG_CAP} byte cap")
     try:
@@ -84,7 +84,7 @@ def read_weights(path: Path) -> tuple[bytes, dict]:
     (size cap, dtypes, shapes, offsets) before any weight is parsed. Read once, by bytes, so the file
     cannot change between the check and the load, and any file name works."""
     if not path.is_file():
-        raise SubmissionError(f"{WEIGHTS_FILE}: missing (save the model with dlcourse.assessment.export)")
+        raise SubmissionError(f"{WEIGHTS_FILE}: missing (save the model with dlcourse.grading.assessment.export)")
     size = path.stat().st_size
     if size > WEIGHTS_CAP:
         raise SubmissionError(f"{WEIGHTS_FILE}: {size} bytes, over the {WEIGHTS_CAP} byte cap")
@@ -101,7 +101,7 @@ def read_weights(path: Path) -> tuple[bytes, dict]:
         header = json.loads(data[8:8 + n].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise SubmissionError(f"{WEIGHTS_FILE}: header is not JSON (not a safetensors file: "
-                              "save with dlcourse.assessment.export, never torch.save)") from None
+                              "save with dlcourse.grading.assessment.export, never torch.save)") from None
     if not isinstance(header, dict):
         raise SubmissionError(f"{WEIGHTS_FILE}: header is not a JSON object")
     header.pop("__metadata__", None)

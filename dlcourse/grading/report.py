@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..assessment import PAIRS
+from .assessment import PAIRS
 from ..data import CLASSES, PETAL_COLOURS
 from ..files import write_atomically
 from ..plotting import image_grid

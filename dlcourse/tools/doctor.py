@@ -81,7 +81,7 @@ def _device() -> Check:
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
         return Check("GPU", True, f"{props.name}, {props.total_memory / 2**30:.1f} GiB")
-    from .device import get_device
+    from ..device import get_device
 
     return Check("GPU", None, f"no CUDA GPU: lessons run on {get_device().type} at the CPU budget")
 
@@ -96,7 +96,7 @@ def _dataset_cache(folders: list[Path]) -> Check:
 
 
 def _evaluator() -> Check:
-    from .metrics import CONFIG_FILE, WEIGHTS_FILE
+    from ..metrics import CONFIG_FILE, WEIGHTS_FILE
 
     missing = [p.name for p in (WEIGHTS_FILE, CONFIG_FILE) if not p.is_file()]
     if missing:
@@ -106,7 +106,7 @@ def _evaluator() -> Check:
 
 
 def _writable(name: str, folder: Path) -> Check:
-    from .files import is_writable_dir
+    from ..files import is_writable_dir
 
     if is_writable_dir(folder):
         return Check(name, True, f"{folder} is writable")
@@ -118,8 +118,8 @@ def checks(cache_dirs: list[Path] | None = None, runs_dir: Path = Path("runs")) 
     candidates, of which the first writable one is used); ``runs_dir``: where notebooks save runs."""
     import torchvision
 
-    from . import __version__, mode_and_reason
-    from .data import cache
+    from .. import __version__, mode_and_reason
+    from ..data import cache
 
     folders = cache.candidate_dirs() if cache_dirs is None else [Path(f) for f in cache_dirs]
     chosen, reason = mode_and_reason()
@@ -140,7 +140,7 @@ def checks(cache_dirs: list[Path] | None = None, runs_dir: Path = Path("runs")) 
 
 
 def _setup_key(lesson: str, mode_name: str) -> tuple:
-    from . import budget
+    from .. import budget
 
     b = budget(lesson, mode_name)
     kind, extra, _ = LESSON_MODELS[lesson]
@@ -150,8 +150,8 @@ def _setup_key(lesson: str, mode_name: str) -> tuple:
 
 def _time_setup(key: tuple, device: torch.device, seconds: float) -> float | None:
     """Seconds per update of one set-up: one warm-up update, then updates until ``seconds`` have passed."""
-    from . import models
-    from .training import TrainStep, fast_path
+    from .. import models
+    from ..training import TrainStep, fast_path
 
     kind, channels, size, T, batch_size, extra = key
     cls = getattr(models, kind)
@@ -190,8 +190,8 @@ def predict(seconds: float = 10.0, device=None, mode_name: str | None = None, le
     ``mode_name`` (default: in force). Lessons with the same set-up share one measurement; each set-up
     gets an equal share of ``seconds`` (at least one warm-up and one timed update, so a set-up whose
     update is slower than its share overruns it once); set-ups left when ``seconds`` is spent are not measured."""
-    from . import budget, mode
-    from .device import get_device
+    from .. import budget, mode
+    from ..device import get_device
 
     device = torch.device(device) if device is not None else get_device()
     mode_name = mode_name or mode()
@@ -232,9 +232,9 @@ def format_report(found: list[Check], predictions: list[Prediction], device: tor
 @reports_errors("dlcourse doctor")
 def main(argv: list[str] | None = None) -> int:
     """``dlcourse doctor [--seconds S] [--runs DIR] [--no-benchmark]``; exit status 1 when a check fails."""
-    from . import mode
-    from .device import get_device
-    from .validation import check_real
+    from .. import mode
+    from ..device import get_device
+    from ..validation import check_real
 
     parser = Parser(prog="dlcourse doctor", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="time for the micro-benchmark (default 10)")

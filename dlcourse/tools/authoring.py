@@ -22,7 +22,7 @@ Every written notebook is normalised: no outputs or execution counts, the
 cell metadata, and JSON with sorted keys, 1-space indent and a trailing
 newline, so regenerating is byte-identical.
 
-Usage: ``python -m dlcourse.authoring [--check | --strip]`` (or ``dlcourse authoring``).
+Usage: ``python -m dlcourse.tools.authoring [--check | --strip]`` (or ``dlcourse authoring``).
 """
 from __future__ import annotations
 
@@ -38,8 +38,8 @@ from pathlib import Path
 
 import nbformat
 
-from .files import write_atomically
-from .validation import fail
+from ..files import write_atomically
+from ..validation import fail
 
 BEGIN = "# BEGIN SOLUTION"
 END = "# END SOLUTION"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .authoring import ASSESSMENT_SUFFIX, SOLUTION_ONLY_TAG, build_all, code_regions, markdown_regions, pairs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MIN_LINE = 13
 _FILES = ("README.md", "pyproject.toml", "data/README.md")
 _TREES = ("docs", "dlcourse")

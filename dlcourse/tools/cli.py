@@ -16,18 +16,18 @@ from typing import Callable
 
 # name -> (one-line help, "module:function" taking argv and returning an exit status)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "authoring": ("write notebooks/ from solutions/ (--check: verify, --strip: strip outputs)", "dlcourse.authoring:main"),
-    "info": ("print versions, the device and the budget (quick/cpu/full)", "dlcourse.cli:info"),
+    "authoring": ("write notebooks/ from solutions/ (--check: verify, --strip: strip outputs)", "dlcourse.tools.authoring:main"),
+    "info": ("print versions, the device and the budget (quick/cpu/full)", "dlcourse.tools.cli:info"),
     "doctor": ("check GPU, torch build, budget, caches and folders; predict each lesson's training time here",
-               "dlcourse.doctor:main"),
-    "train-evaluator": ("retrain the evaluator classifier of dlcourse.metrics (FID, accuracy)", "dlcourse.evaluator_training:main"),
+               "dlcourse.tools.doctor:main"),
+    "train-evaluator": ("retrain the evaluator classifier of dlcourse.metrics (FID, accuracy)", "dlcourse.tools.evaluator_training:main"),
     "results": ("run the solution notebooks at a budget and write docs/results.md with their pictures",
-                "dlcourse.results:main"),
+                "dlcourse.tools.results:main"),
     "timings": ("run every solution notebook at a budget (default full) and write a table of wall times",
-                "dlcourse.results:timings"),
+                "dlcourse.tools.timings:main"),
     "benchmark": ("images/s of training (each fast-path switch, a diffusers peer) and sampling (per-step sync, "
-                  "batched guidance), interleaved repeats; table + JSON", "dlcourse.benchmark:main"),
-    "release": ("write what students get (no solutions, no assessment masters) into OUT_DIR", "dlcourse.release:main"),
+                  "batched guidance), interleaved repeats; table + JSON", "dlcourse.tools.benchmark:main"),
+    "release": ("write what students get (no solutions, no assessment masters) into OUT_DIR", "dlcourse.tools.release:main"),
     "grade": ("grade a folder of assessment submissions into a gradebook CSV and HTML reports", "dlcourse.grading:main"),
 }
 

@@ -1,6 +1,6 @@
 """Training the evaluator of :mod:`dlcourse.metrics`, and the reference numbers stored with it.
 
-``dlcourse train-evaluator`` (or ``python -m dlcourse.evaluator_training``) retrains the
+``dlcourse train-evaluator`` (or ``python -m dlcourse.tools.evaluator_training``) retrains the
 evaluator on the procedural flowers, measures it on the test split, computes reference
 FIDs and diversities, and rewrites ``dlcourse/weights/evaluator.{safetensors,json}``.
 """
@@ -15,14 +15,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import data
+from .. import data
 from .cli import Parser, reports_errors
-from .device import check_device, get_device
-from .files import write_atomically
-from .metrics import (CONFIG_FILE, IMAGE_SIZE, WEIGHTS_DIR, WEIGHTS_FILE, Evaluator, EvaluatorNet, _evaluator,
+from ..device import check_device, get_device
+from ..files import write_atomically
+from ..metrics import (CONFIG_FILE, IMAGE_SIZE, WEIGHTS_DIR, WEIGHTS_FILE, Evaluator, EvaluatorNet, _evaluator,
                       _load, class_accuracy, colour_accuracy, diversity, frechet_distance, per_class_accuracy)
-from .training import EMA, train
-from .validation import check_positive_int, check_real, check_seed
+from ..training import EMA, train
+from ..validation import check_positive_int, check_real, check_seed
 
 __all__ = ["train_evaluator", "reference_numbers", "main"]
 

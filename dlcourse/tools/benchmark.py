@@ -19,7 +19,7 @@ q1–q3 of its rounds, which one disturbed round does not move (min and max are 
 ``COMPARISONS`` prints ratios of medians; where either row's spread is larger than the difference
 between the two medians, it says so instead of printing a ratio. Sizes come from the budgets of lessons 03 and 04.
 
-Run ``dlcourse benchmark`` (or ``python -m dlcourse.benchmark``); it prints the table and writes
+Run ``dlcourse benchmark`` (or ``python -m dlcourse.tools.benchmark``); it prints the table and writes
 JSON (default ``runs/benchmark.json``). CPU numbers are labelled as CPU: they say little about a GPU.
 """
 from __future__ import annotations
@@ -40,19 +40,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .cli import Parser, reports_errors
-from .device import check_device, get_device
-from .files import is_writable_dir
-from .models import count_parameters
-from .validation import check_choice, check_positive_int, describe, fail
+from ..config import LESSON02, OPTIMISED
+from ..device import check_device, get_device
+from ..files import is_writable_dir
+from ..models import count_parameters
+from ..timing import peak_memory_mib, synchronize
+from ..validation import check_positive_int, describe, fail
 
-__all__ = ["Row", "Settings", "Comparison", "ROWS", "COMPARISONS", "TRIALS", "LESSON02", "OPTIMISED", "PeerUNet",
-           "peer_config", "time_train_step", "time_sampling", "run_rows", "compare", "format_table", "main"]
+__all__ = ["Row", "Settings", "Comparison", "ROWS", "COMPARISONS", "TRIALS", "PeerUNet",
+           "peer_config", "run_rows", "compare", "format_table", "main"]
 
-# The U-Net switches of the two models lesson 03 compares (dlcourse.models.UNet keyword arguments).
-LESSON02 = {"norm": "batch", "activation": "relu", "pool": "max", "time_embedding": "mlp", "residual": False,
-            "upsample": "transpose"}
-OPTIMISED = {"norm": "group", "activation": "gelu", "pool": "rearrange", "time_embedding": "sinusoidal",
-             "residual": True, "upsample": "nearest"}
 _AMP = {None: None, "bf16": torch.bfloat16}
 
 
@@ -96,7 +93,7 @@ class Settings:
 
     @classmethod
     def from_budget(cls) -> "Settings":
-        from . import budget
+        from .. import budget
 
         b, b04 = budget("03_optimizations"), budget("04_classifier_free_guidance")
         return cls(tuple(b.channels), b.image_size, b.T, b.batch_size, min(b.n_samples, 64),
@@ -104,13 +101,8 @@ class Settings:
                    sampling_steps=min(b.sampling_steps, b.T), guided_n_samples=b04.n_samples)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _schedule(settings: Settings, device: torch.device):
-    from .schedules import Schedule, scaled_linear_betas
+    from ..schedules import Schedule, scaled_linear_betas
 
     return Schedule(scaled_linear_betas(settings.T)).to(device)
 
@@ -183,7 +175,7 @@ class _Trial:
 
 
 def _network(settings: Settings, model: str) -> nn.Module:
-    from .models import UNet
+    from ..models import UNet
 
     if model == "peer":
         ours = count_parameters(_network(settings, "ours"))
@@ -196,7 +188,7 @@ def _network(settings: Settings, model: str) -> nn.Module:
 def train_trial(settings: Settings, device: torch.device, *, model: str, fast: dict) -> _Trial:
     """``settings.timed_steps`` updates of :class:`~dlcourse.training.TrainStep` on the ε-prediction loss
     over random images kept on the CPU (as a dataset is), with the :class:`FastPath` switches ``fast``."""
-    from .training import FastPath, TrainStep
+    from ..training import FastPath, TrainStep
 
     switches = FastPath(**{**fast, "amp_dtype": _AMP[fast.get("amp_dtype")]})
     torch.manual_seed(0)
@@ -224,7 +216,7 @@ def train_trial(settings: Settings, device: torch.device, *, model: str, fast: d
 def sample_trial(settings: Settings, device: torch.device, *, sync_per_step: bool) -> _Trial:
     """DDIM with ``settings.sampling_steps`` steps of the lesson-03 U-Net (untrained: the time does not
     depend on the weights); ``sync_per_step`` reads one value back (``int(t.min())``) before each call."""
-    from .sampling import ddim_sample
+    from ..sampling import ddim_sample
 
     torch.manual_seed(0)
     net = _network(settings, "ours").to(device).eval()
@@ -249,9 +241,9 @@ def guided_trial(settings: Settings, device: torch.device, *, passes: str, n_ima
     """Classifier-free guided DDIM (lesson 04), w = 2: ``passes="batched"`` makes one network call per step
     on [x; x] with contexts [c; 0] (``guided_eps_fn``), ``"two"`` two calls (``two_pass_guided_eps_fn``).
     ``n_images`` defaults to lesson 04's ``n_samples``."""
-    from .guidance import guided_eps_fn, one_hot, two_pass_guided_eps_fn
-    from .models import ConditionalUNet
-    from .sampling import ddim_sample
+    from ..guidance import guided_eps_fn, one_hot, two_pass_guided_eps_fn
+    from ..models import ConditionalUNet
+    from ..sampling import ddim_sample
 
     makers = {"batched": guided_eps_fn, "two": two_pass_guided_eps_fn}
     if passes not in makers:
@@ -343,10 +335,6 @@ def _skip_reason(row: Row, device: torch.device, compile_rows: bool) -> str | No
     return None
 
 
-def _peak_memory_mib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-
-
 def _allocated_mib(device: torch.device) -> float:
     return torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
 
@@ -379,15 +367,15 @@ def run_rows(rows: list[Row], settings: Settings, device=None, *, compile_rows: 
     for _ in tqdm(range(settings.repeats), desc="timing rounds", disable=not progress):
         for entry in measured:
             trial = trials[entry["name"]]
-            _sync(device)
+            synchronize(device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             start = _allocated_mib(device)
             clock = time.perf_counter()
             trial.block()
-            _sync(device)
+            synchronize(device)
             entry["seconds"].append(time.perf_counter() - clock)
-            peak = _peak_memory_mib(device)
+            peak = peak_memory_mib(device)
             if peak is not None:
                 own = entry["kept_mib"] + peak - start
                 entry["peak_memory_mib"] = max(own, entry["peak_memory_mib"] or 0.0)
@@ -448,73 +436,6 @@ def format_table(entries: list[dict], comparisons: list[dict], device: torch.dev
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- lesson 03's helpers
-
-def time_train_step(model: nn.Module, *, batch_size: int, device=None, channels_last: bool = False,
-                    amp_dtype=None, timed_steps: int = 10, warmup_steps: int = 3, seed: int = 0) -> dict:
-    """Seconds per AdamW step of ‖ε − ε_θ(x_t, t)‖² on a random batch, and peak memory (CUDA).
-
-    ``model(x, t)`` must take images (N, C, S, S) and steps t (N,) < ``model.T``.
-    ``channels_last`` stores weights and inputs as NHWC; ``amp_dtype`` autocasts the
-    forward pass on CUDA (ignored elsewhere: the result says ``amp: None``).
-    Returns {"seconds_per_step", "peak_memory_mib" (None off CUDA), "device", "channels_last", "amp"}.
-    The model is trained by these steps (with :class:`~dlcourse.training.TrainStep`): pass a throwaway copy.
-    """
-    from .training import FastPath, TrainStep
-
-    check_positive_int(batch_size, "batch_size")
-    check_positive_int(timed_steps, "timed_steps")
-    check_choice(amp_dtype, "amp_dtype", (None, torch.bfloat16, torch.float16))
-    device = torch.device(device) if device is not None else get_device()
-    amp_dtype = amp_dtype if device.type == "cuda" else None
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    shape = (batch_size, model.image_channels, model.image_size, model.image_size)
-    batch = torch.utils.data.TensorDataset(torch.randn(shape, generator=g), torch.randn(shape, generator=g),
-                                           torch.randint(0, model.T, (batch_size,), generator=g))
-
-    def loss_fn(m, b):
-        x_t, noise, t = b
-        return F.mse_loss(m(x_t, t).float(), noise)
-
-    run = TrainStep(model.train(), loss_fn, batch, batch_size=batch_size, lr=1e-4, device=device,
-                    fast=FastPath(data_on_device=True, amp_dtype=amp_dtype, channels_last=channels_last))
-    for k in range(warmup_steps):
-        run(k)
-    _sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    clock = time.perf_counter()
-    for k in range(timed_steps):
-        run(k)
-    _sync(device)
-    seconds = (time.perf_counter() - clock) / timed_steps
-    return {"seconds_per_step": seconds, "peak_memory_mib": _peak_memory_mib(device), "device": device.type,
-            "channels_last": channels_last, "amp": None if amp_dtype is None else str(amp_dtype).split(".")[-1]}
-
-
-def time_sampling(eps_fn: Callable, schedule, shape, *, sampler: str = "ddim", steps: int | None = None,
-                  eta: float = 0.0, device=None, seed: int = 0) -> dict:
-    """Seconds to draw ``shape`` images with DDPM (all T steps) or DDIM (``steps`` steps, ``eta``).
-
-    Returns {"seconds", "network_calls", "device"}.
-    """
-    from .sampling import ddim_sample, ddpm_sample
-
-    check_choice(sampler, "sampler", ("ddpm", "ddim"))
-    device = torch.device(device) if device is not None else get_device()
-    g = torch.Generator(device=device).manual_seed(seed)
-    _sync(device)
-    clock = time.perf_counter()
-    if sampler == "ddpm":
-        ddpm_sample(eps_fn, schedule, shape, generator=g, device=device, progress=False)
-        calls = schedule.T
-    else:
-        calls = schedule.T if steps is None else steps
-        ddim_sample(eps_fn, schedule, shape, steps=calls, eta=eta, generator=g, device=device, progress=False)
-    _sync(device)
-    return {"seconds": time.perf_counter() - clock, "network_calls": calls, "device": device.type}
-
-
 # --------------------------------------------------------------------------- command line
 
 def _check_out(path: str) -> Path:
@@ -530,7 +451,7 @@ def _check_out(path: str) -> Path:
 @reports_errors("dlcourse benchmark")
 def main(argv: list[str] | None = None) -> int:
     """``dlcourse benchmark [--rows TEXT] [--device D] [--repeats R] [--compile] [--out FILE]``."""
-    from . import banner
+    from .. import banner
     from .results import machine
 
     parser = Parser(prog="dlcourse benchmark", description=__doc__.splitlines()[0])

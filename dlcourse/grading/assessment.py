@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 
-from .data.flowers import _CLASS_PETALS, CLASSES, PETAL_COLOURS
-from .files import write_atomically
-from .guidance import one_hot
-from .schedules import Schedule, scaled_linear_betas
-from .validation import check_real, describe, fail
+from ..data.flowers import _CLASS_PETALS, CLASSES, PETAL_COLOURS
+from ..files import write_atomically
+from ..guidance import one_hot
+from ..schedules import Schedule, scaled_linear_betas
+from ..validation import check_real, describe, fail
 
 __all__ = ["CONTEXT_DIM", "PAIRS", "NOTEBOOK_FILE", "ANSWERS_FILE", "W_RANGE", "flower_context",
            "assessment_schedule", "export", "check_submission"]
@@ -55,7 +55,7 @@ def _check_w(w) -> float:
 
 def check_submission(folder: str | os.PathLike) -> list[str]:
     """Problems that would stop the grader reading ``folder`` (empty list: ready to hand in)."""
-    from .models.registry import CONFIG_FILE, WEIGHTS_FILE
+    from ..models.registry import CONFIG_FILE, WEIGHTS_FILE
 
     folder = Path(folder)
     problems = [f"{folder / name}: missing" for name in (NOTEBOOK_FILE, CONFIG_FILE, WEIGHTS_FILE, ANSWERS_FILE)
@@ -63,7 +63,7 @@ def check_submission(folder: str | os.PathLike) -> list[str]:
     if problems:
         return problems
     try:
-        from .grading.model import load_submission_model
+        from .model import load_submission_model
 
         load_submission_model(folder)
         answers = json.loads((folder / ANSWERS_FILE).read_text(encoding="utf-8"))
@@ -80,7 +80,7 @@ def export(folder: str | os.PathLike, model: torch.nn.Module, *, w: float, noteb
     ``w`` is the guidance weight the grader samples with; ``answers`` maps question ids to short text.
     Checks the folder as the grader will and raises ValueError listing every problem.
     """
-    from .models.registry import save_model
+    from ..models.registry import save_model
 
     w = _check_w(w)
     notebook = Path(notebook)
