@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dlcourse import training
+from dlcourse.training import checkpoint as training
 from dlcourse.training import EMA, History, checkpoint_exists, load_checkpoint, save_checkpoint, train
 
 
@@ -156,7 +156,7 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys
             from pathlib import Path
-            from dlcourse import training
+            from dlcourse.training import checkpoint as training
             with training._locked(Path({str(folder)!r})):
                 print("locked", flush=True)
                 sys.stdin.readline()

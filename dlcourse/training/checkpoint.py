@@ -28,8 +28,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .device import check_device, get_device
-from .validation import check_choice, check_int, check_positive_int, check_real, check_seed, describe, fail, is_int, is_real
+from ..device import check_device, get_device
+from ..validation import check_choice, check_int, check_positive_int, check_real, check_seed, describe, fail, is_int, is_real
 
 __all__ = ["History", "EMA", "FastPath", "fast_path", "TrainStep", "train", "save_checkpoint", "load_checkpoint",
            "checkpoint_exists"]
@@ -691,7 +691,7 @@ class _Batches:
 
 def _tensors_of(data) -> tuple[torch.Tensor, ...] | None:
     """The tensors whose rows are the examples of ``data``, or None for other datasets."""
-    from .data import ImageDataset
+    from ..data import ImageDataset
 
     if isinstance(data, torch.Tensor):
         return (data,)
