@@ -5,7 +5,8 @@ import torch.nn.functional as F
 
 from dlcourse.data import ImageDataset
 from dlcourse.models import UNet
-from dlcourse.training import FastPath, TrainStep, _Batches, fast_path, train
+from dlcourse.training import FastPath, TrainStep, fast_path, train
+from dlcourse.training.loop import _Batches
 
 
 @pytest.mark.parametrize("device", ["cuda", "cuda:1", torch.device("cuda")])
@@ -83,20 +84,20 @@ def test_explicit_amp_dtype_none_turns_autocast_off(capsys):
 
 
 def test_resume_uses_this_runs_choice_of_fused_adamw(tmp_path, monkeypatch):
-    import dlcourse.training as training
+    from dlcourse.training import loop
 
     data = torch.randn(8, 3, 8, 8)
     train(UNet(channels=(8,), image_size=8, T=10), _denoising_loss, data, steps=2, batch_size=4, device="cpu",
           fast=FastPath(fused_adamw=True), checkpoint=tmp_path / "ck", progress=False)
     seen = []
-    original = training._train
+    original = loop._train
 
     def spy(run, *args):
         history = original(run, *args)
         seen.append([group["fused"] for group in run.optimizer.param_groups])
         return history
 
-    monkeypatch.setattr(training, "_train", spy)
+    monkeypatch.setattr(loop, "_train", spy)
     train(UNet(channels=(8,), image_size=8, T=10), _denoising_loss, data, steps=3, batch_size=4, device="cpu",
           fast=FastPath(), checkpoint=tmp_path / "ck", progress=False)
     assert seen == [[None]]

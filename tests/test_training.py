@@ -1,3 +1,5 @@
+import dataclasses
+import inspect
 import json
 
 import pytest
@@ -5,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from dlcourse.training import EMA, History, load_checkpoint, save_checkpoint, train
+from dlcourse.training import EMA, FastPath, History, load_checkpoint, save_checkpoint, train
+from dlcourse.training.loop import TrainOptions
 
 
 class Tiny(nn.Module):
@@ -222,6 +225,19 @@ def test_history_round_trips_through_dict():
     assert History.from_dict(json.loads(json.dumps(h.to_dict()))) == h
     with pytest.raises(ValueError, match="steps"):
         History.from_dict({"losses": []})
+
+
+def test_train_options_are_trains_keywords_settled_once(tmp_path):
+    keywords = [(name, p.default) for name, p in inspect.signature(train).parameters.items()
+                if p.kind is p.KEYWORD_ONLY]
+    fields = [(f.name, inspect.Parameter.empty if f.default is dataclasses.MISSING else f.default)
+              for f in dataclasses.fields(TrainOptions)]
+    assert keywords == fields  # same names, order and defaults: train passes each on once
+    options = TrainOptions(steps=20, batch_size=4, device="cpu", checkpoint=str(tmp_path / "ck"), amp_dtype=None)
+    assert options.device == torch.device("cpu") and options.checkpoint == tmp_path / "ck"
+    assert options.fast == FastPath() and options.save_every == 2  # 10 % of the steps
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.steps = 3
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Checkpoints survive a crash at any point of a save, refuse a second writer, and load all-or-nothing."""
+"""dlcourse.training.checkpoint: a save survives a crash at any point, a second writer is refused, a load is
+all-or-nothing."""
 import json
 import subprocess
 import sys
@@ -8,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from dlcourse import training
-from dlcourse.training import EMA, History, checkpoint_exists, load_checkpoint, save_checkpoint, train
+from dlcourse.training import EMA, History, checkpoint, checkpoint_exists, load_checkpoint, save_checkpoint, train
 
 
 class Crash(Exception):
@@ -42,11 +42,11 @@ def operations(tmp_path):
     names = []
     folder = tmp_path / "probe"
     save(folder, 1)
-    training._crash_point = names.append
+    checkpoint._crash_point = names.append
     try:
         save(folder, 2)
     finally:
-        training._crash_point = None
+        checkpoint._crash_point = None
     assert len(names) >= 8, names  # the loops below must not run over nothing
     return names
 
@@ -59,7 +59,7 @@ def crash_at(monkeypatch, k):
         if len(calls) == k + 1:
             raise Crash(name)
 
-    monkeypatch.setattr(training, "_crash_point", point)
+    monkeypatch.setattr(checkpoint, "_crash_point", point)
 
 
 def test_a_save_has_crash_points_between_all_its_operations(tmp_path):
@@ -78,7 +78,7 @@ def test_a_crash_at_any_step_of_a_save_resumes_to_the_last_save_or_the_one_befor
         crash_at(monkeypatch, k)
         with pytest.raises(Crash):
             save(folder, 3)
-        monkeypatch.setattr(training, "_crash_point", None)
+        monkeypatch.setattr(checkpoint, "_crash_point", None)
         assert checkpoint_exists(folder), k
         assert loaded_step(folder) in (2, 3), k
         save(folder, 4)  # never stuck: the next save works and leaves nothing behind
@@ -88,7 +88,7 @@ def test_a_crash_at_any_step_of_a_save_resumes_to_the_last_save_or_the_one_befor
 
 def test_two_crashes_in_a_row_still_leave_a_completed_save(tmp_path, monkeypatch):
     n = len(operations(tmp_path))
-    monkeypatch.setattr(training, "_fsync", lambda path: None)  # durability is not what this test is about
+    monkeypatch.setattr(checkpoint, "_fsync", lambda path: None)  # durability is not what this test is about
     for k in range(n):
         for j in range(n):
             folder = tmp_path / f"c{k}-{j}" / "ckpt"
@@ -101,7 +101,7 @@ def test_two_crashes_in_a_row_still_leave_a_completed_save(tmp_path, monkeypatch
                 save(folder, 3)
             except Crash:
                 pass
-            monkeypatch.setattr(training, "_crash_point", None)
+            monkeypatch.setattr(checkpoint, "_crash_point", None)
             assert loaded_step(folder) in (1, 2, 3), (k, j)
 
 
@@ -109,7 +109,7 @@ def test_a_crash_in_the_first_save_leaves_no_checkpoint_and_no_stuck_folder(tmp_
     crash_at(monkeypatch, 2)
     with pytest.raises(Crash):
         save(tmp_path / "ckpt", 1)
-    monkeypatch.setattr(training, "_crash_point", None)
+    monkeypatch.setattr(checkpoint, "_crash_point", None)
     assert not checkpoint_exists(tmp_path / "ckpt")
     save(tmp_path / "ckpt", 1)
     assert loaded_step(tmp_path / "ckpt") == 1
@@ -133,7 +133,7 @@ def test_train_resumes_after_a_crash_inside_a_save(tmp_path, monkeypatch, capsys
     with pytest.raises(Crash):
         train(nn.Linear(3, 1), mse, linear_data(), steps=8, batch_size=8, device="cpu", progress=False,
               checkpoint=folder, checkpoint_every=2)
-    monkeypatch.setattr(training, "_crash_point", None)
+    monkeypatch.setattr(checkpoint, "_crash_point", None)
     capsys.readouterr()
     train(nn.Linear(3, 1), mse, linear_data(), steps=8, batch_size=8, device="cpu", progress=False,
           checkpoint=folder, checkpoint_every=2)
@@ -156,8 +156,8 @@ def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path):
         [sys.executable, "-c", textwrap.dedent(f"""
             import sys
             from pathlib import Path
-            from dlcourse import training
-            with training._locked(Path({str(folder)!r})):
+            from dlcourse.training import checkpoint
+            with checkpoint._locked(Path({str(folder)!r})):
                 print("locked", flush=True)
                 sys.stdin.readline()
         """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
