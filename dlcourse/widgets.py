@@ -33,6 +33,11 @@ def _png(grid: np.ndarray, min_width: int = 640) -> bytes:
     return buffer.getvalue()
 
 
+def _guidance_caption(w: float) -> str:
+    """The explorers' caption for weight w, naming diffusers' guidance_scale as 1 + w (lessons 04 and 05 alike)."""
+    return f"w = {w:g} (diffusers' guidance_scale = 1 + w = {1 + w:g})"
+
+
 def _png_width(png: bytes) -> int:
     """Width in pixels read from a PNG's header (IHDR: bytes 16–19, big-endian)."""
     return int.from_bytes(png[16:20], "big")
@@ -66,7 +71,7 @@ class GuidanceExplorer:
 
     def _caption(self) -> str:
         shown = f"columns: {', '.join(self.classes)}" if self.cls == "all" else f"class: {self.cls}"
-        return f"w = {self.w:g} (diffusers' guidance_scale = 1 + w = {1 + self.w:g}) · {shown}"
+        return f"{_guidance_caption(self.w)} · {shown}"
 
     def _build_widget(self):
         try:
@@ -223,7 +228,7 @@ class PromptExplorer(GuidanceExplorer):
             self.set()
 
     def _caption(self) -> str:
-        return f"w = {self.w:g} (diffusers' guidance_scale = {1 + self.w:g}) · prompt: {self.cls!r}"
+        return f"{_guidance_caption(self.w)} · prompt: {self.cls!r}"
 
     def _build_widget(self):
         box = super()._build_widget()
