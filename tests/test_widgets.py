@@ -94,6 +94,15 @@ def test_guidance_uses_shared_noise_and_the_weight(explorer_and_model):
     assert not torch.allclose(explorer.images[0.0][0], explorer.images[0.0][1], atol=1e-3)
 
 
+def test_caption_writes_negative_w_with_the_minus_sign_of_the_slider_readout(explorer_and_model):
+    explorer, _ = explorer_and_model
+    explorer.set(w=-2.0, cls="all")
+    caption = explorer.widget.children[1].value
+    assert caption.startswith("w = \u22122 (diffusers' guidance_scale = 1 + w = \u22121) · ") and "-" not in caption
+    explorer.set(w=0.0)
+    assert explorer.widget.children[1].value.startswith("w = 0 (diffusers' guidance_scale = 1 + w = 1) · ")
+
+
 def test_static_fallback(explorer_and_model):
     explorer, _ = explorer_and_model
     figure = explorer.show_static(ws=[-1.0, 0.0, 5.0])
