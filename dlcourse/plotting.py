@@ -236,52 +236,73 @@ def show_images(x, *, value_range=(-1, 1), nrow: int | None = None, title: str |
     NaN in magenta) and the title says how much and the likely causes.
     Returns the new ``Figure`` when ``ax`` is None, else ``ax``.
     """
-    plt = _pyplot()
     if title is not None and not isinstance(title, str):
         raise fail("title", "a str (e.g. quick_mode_title(\"samples\"))", describe(title))
     tiles, note = _to_tiles(x, value_range)
     n = len(tiles)
-    if nrow is None and col_titles is not None and not isinstance(col_titles, str):
-        nrow = len(col_titles)
-    if nrow is None and row_titles is not None and not isinstance(row_titles, str) and len(row_titles):
-        nrow = math.ceil(n / len(row_titles))
-    per_row, rows = _layout(n, nrow)
+    per_row, rows = _layout(n, _labelled_nrow(nrow, n, row_titles, col_titles))
     titles = _check_titles(titles, n, "titles")
     row_titles = _check_titles(row_titles, rows, "row_titles")
     col_titles = _check_titles(col_titles, per_row, "col_titles")
     kwargs.setdefault("interpolation", "nearest")
-
     if titles is not None:
-        if ax is not None:
-            raise fail("ax", "None when titles are given (one subplot per image); label a single axes "
-                       "with row_titles / col_titles instead", describe(ax))
-        if row_titles is not None or col_titles is not None:
-            raise fail("titles", "None when row_titles or col_titles are given (pick one style)", "both")
-        fig, axes = plt.subplots(rows, per_row, figsize=figsize or _default_figsize(per_row, rows),
-                                 squeeze=False)
-        for i, sub in enumerate(axes.flat):
-            sub.set_axis_off()
-            if i < n:
-                sub.imshow(tiles[i], **kwargs)
-                sub.set_title(titles[i], fontsize="small")
-        heading = _full_title(title, None, note)
-        if heading:
-            fig.suptitle(heading, fontsize="small")
-        plt.close(fig)
-        return fig
+        _check_one_label_style(ax, row_titles, col_titles)
+        return _show_subplots(tiles, titles, per_row, rows, _full_title(title, None, note), figsize, kwargs)
+    heading = _full_title(title, ax, note)
+    if ax is not None:
+        _draw_grid(ax, tiles, per_row, rows, padding, row_titles, col_titles, heading, kwargs)
+        return ax
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=figsize or _default_figsize(per_row, rows))
+    _draw_grid(ax, tiles, per_row, rows, padding, row_titles, col_titles, heading, kwargs)
+    plt.close(fig)
+    return fig
 
-    fig = None
-    if ax is None:
-        fig, ax = plt.subplots(figsize=figsize or _default_figsize(per_row, rows))
-    grid = _grid_from_tiles(tiles, per_row, rows, padding)
-    ax.imshow(grid, **kwargs)
+
+def _labelled_nrow(nrow: int | None, n: int, row_titles, col_titles) -> int | None:
+    """``nrow``, or when it is None one column per column title, or enough columns for one row per row title."""
+    if nrow is None and col_titles is not None and not isinstance(col_titles, str):
+        nrow = len(col_titles)
+    if nrow is None and row_titles is not None and not isinstance(row_titles, str) and len(row_titles):
+        nrow = math.ceil(n / len(row_titles))
+    return nrow
+
+
+def _check_one_label_style(ax, row_titles, col_titles) -> None:
+    """Per-image titles draw their own subplots: no ``ax``, and no row or column titles beside them."""
+    if ax is not None:
+        raise fail("ax", "None when titles are given (one subplot per image); label a single axes "
+                   "with row_titles / col_titles instead", describe(ax))
+    if row_titles is not None or col_titles is not None:
+        raise fail("titles", "None when row_titles or col_titles are given (pick one style)", "both")
+
+
+def _show_subplots(tiles: np.ndarray, titles: list[str], per_row: int, rows: int, heading: str | None,
+                   figsize, kwargs: dict):
+    """One subplot per tile under its own title, ``heading`` above them all; returns the closed figure."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(rows, per_row, figsize=figsize or _default_figsize(per_row, rows), squeeze=False)
+    for i, sub in enumerate(axes.flat):
+        sub.set_axis_off()
+        if i < len(tiles):
+            sub.imshow(tiles[i], **kwargs)
+            sub.set_title(titles[i], fontsize="small")
+    if heading:
+        fig.suptitle(heading, fontsize="small")
+    plt.close(fig)
+    return fig
+
+
+def _draw_grid(ax, tiles: np.ndarray, per_row: int, rows: int, padding: int, row_titles, col_titles,
+               heading: str | None, kwargs: dict) -> None:
+    """The tiles as one grid image on ``ax``, row titles left of it, column titles and ``heading`` above."""
+    ax.imshow(_grid_from_tiles(tiles, per_row, rows, padding), **kwargs)
     ax.set_axis_off()
     _, h, w, _ = tiles.shape
     for r, label in enumerate(row_titles or []):
         ax.text(-padding - 1, r * (h + padding) + h / 2, label, ha="right", va="center", fontsize="small")
     for c, label in enumerate(col_titles or []):
         ax.text(c * (w + padding) + w / 2, -padding - 1, label, ha="center", va="bottom", fontsize="small")
-    heading = _full_title(title, ax, note)
     if heading and col_titles:
         # anchored to the column titles' baseline, so it clears them at any figure size
         label_lines = max(label.count("\n") + 1 for label in col_titles)
@@ -290,10 +311,6 @@ def show_images(x, *, value_range=(-1, 1), nrow: int | None = None, title: str |
                     textcoords="offset points", ha="center", va="bottom", fontsize="small", annotation_clip=False)
     elif heading:
         ax.set_title(heading, fontsize="small")
-    if fig is not None:
-        plt.close(fig)
-        return fig
-    return ax
 
 
 def forward_strip(schedule, x0, ts, *, noise=None, value_range=(-1, 1), generator=None, ax=None,

@@ -18,6 +18,7 @@ from dlcourse.validation import check_choice, check_positive_int, check_real, de
 __all__ = ["GuidanceExplorer", "guidance_explorer", "PromptExplorer", "prompt_explorer"]
 
 DEFAULT_WS = tuple(-2.0 + 0.5 * k for k in range(25))  # −2, −1.5, …, 10
+MINUS = "\u2212"  # the minus sign of the slider's readout (ipywidgets formats it with d3-format: "−2.0")
 
 
 def _png(grid: np.ndarray, min_width: int = 640) -> bytes:
@@ -31,6 +32,16 @@ def _png(grid: np.ndarray, min_width: int = 640) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def _signed(x: float) -> str:
+    """x as ``{x:g}`` with the readout's minus sign: −2, not -2."""
+    return f"{x:g}".replace("-", MINUS)
+
+
+def _guidance_caption(w: float) -> str:
+    """The explorers' caption for weight w, naming diffusers' guidance_scale as 1 + w (lessons 04 and 05 alike)."""
+    return f"w = {_signed(w)} (diffusers' guidance_scale = 1 + w = {_signed(1 + w)})"
 
 
 def _png_width(png: bytes) -> int:
@@ -66,7 +77,7 @@ class GuidanceExplorer:
 
     def _caption(self) -> str:
         shown = f"columns: {', '.join(self.classes)}" if self.cls == "all" else f"class: {self.cls}"
-        return f"w = {self.w:g} (diffusers' guidance_scale = 1 + w = {1 + self.w:g}) · {shown}"
+        return f"{_guidance_caption(self.w)} · {shown}"
 
     def _build_widget(self):
         try:
@@ -120,7 +131,7 @@ class GuidanceExplorer:
             raise fail("ws", f"sampled values of w {self.ws}", f"{missing}")
         tiles = torch.stack([torch.stack([self.images[w][k, 0] for w in ws]) for k in range(len(self.classes))])
         return show_images(tiles.flatten(0, 1), nrow=len(ws), row_titles=list(self.classes),
-                           col_titles=[f"w = {w:g}" for w in ws], figsize=(1.3 * len(ws) + 1, 1.4 * len(self.classes)))
+                           col_titles=[f"w = {_signed(w)}" for w in ws], figsize=(1.3 * len(ws) + 1, 1.4 * len(self.classes)))
 
     def _ipython_display_(self):
         from IPython.display import display
@@ -223,7 +234,7 @@ class PromptExplorer(GuidanceExplorer):
             self.set()
 
     def _caption(self) -> str:
-        return f"w = {self.w:g} (diffusers' guidance_scale = {1 + self.w:g}) · prompt: {self.cls!r}"
+        return f"{_guidance_caption(self.w)} · prompt: {self.cls!r}"
 
     def _build_widget(self):
         box = super()._build_widget()

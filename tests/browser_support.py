@@ -28,6 +28,8 @@ from typing import Callable, Mapping
 
 import pytest
 
+from dlcourse.widgets import MINUS
+
 CHROMIUM_FLAGS = (
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run",
@@ -100,6 +102,11 @@ def artifacts_dir(env: Mapping[str, str], root: Path) -> Path:
     """Where screenshots go: ``$DLCOURSE_BROWSER_ARTIFACTS`` when set, else ``ROOT/test-artifacts/browser``."""
     chosen = env.get(ARTIFACTS_ENV, "").strip()
     return Path(chosen).expanduser().resolve() if chosen else root / "test-artifacts" / "browser"
+
+
+def readout_value(text: str) -> float:
+    """The number a slider readout shows; ipywidgets writes negatives with a Unicode minus (−2.0)."""
+    return float(text.strip().replace(MINUS, "-"))
 
 
 def is_root() -> bool:

@@ -29,7 +29,8 @@ import nbformat
 import pytest
 
 from browser_support import (ARTIFACTS_KEY, CHROMIUM_FLAGS, SCREENSHOTS, Deadline, JupyterLab, artifacts_dir,
-                             find_chromium, unavailable_action, unavailable_reason)
+                             find_chromium, readout_value, unavailable_action, unavailable_reason)
+from dlcourse.widgets import MINUS
 
 pytestmark = pytest.mark.browser
 
@@ -297,13 +298,14 @@ def test_notebook_04_runs_and_the_w_slider_changes_the_image(browser, lab, deadl
         w_before = readout.inner_text(timeout=5000).strip()
         shot(page, artifacts, "04_guidance_explorer_before.png", top=explorer)
 
-        w_expected = float(w_before)
+        w_expected = readout_value(w_before)
         for _ in range(ARROW_PRESSES):  # one key at a time, each seen by the slider before the next
             w_expected += SLIDER_STEP
             handle.focus()
             page.keyboard.press("ArrowRight")
-            page.wait_for_function("([el, w]) => Math.abs(parseFloat(el.textContent) - w) < 1e-6",
-                                   arg=[readout.element_handle(), w_expected], timeout=deadline.timeout(10) * 1000)
+            page.wait_for_function(
+                "([el, w, minus]) => Math.abs(parseFloat(el.textContent.replace(minus, '-')) - w) < 1e-6",
+                arg=[readout.element_handle(), w_expected, MINUS], timeout=deadline.timeout(10) * 1000)
         after, end = before, time.monotonic() + deadline.timeout(20)
         while time.monotonic() < end:
             after = base64.b64decode(image.evaluate(IMAGE_BYTES_JS)["bytes"])
@@ -313,7 +315,7 @@ def test_notebook_04_runs_and_the_w_slider_changes_the_image(browser, lab, deadl
         w_after = readout.inner_text(timeout=5000).strip()
         shot(page, artifacts, "04_guidance_explorer_after.png", top=explorer)
 
-        assert float(w_after) == pytest.approx(float(w_before) + SLIDER_STEP * ARROW_PRESSES), \
+        assert readout_value(w_after) == pytest.approx(readout_value(w_before) + SLIDER_STEP * ARROW_PRESSES), \
             f"ArrowRight ×{ARROW_PRESSES} moved w from {w_before} to {w_after}"
         assert after != before, f"the image did not change when w moved from {w_before} to {w_after}"
         pixels_before, pixels_after = png_pixels(before), png_pixels(after)
@@ -322,4 +324,5 @@ def test_notebook_04_runs_and_the_w_slider_changes_the_image(browser, lab, deadl
         for data in (before, after):
             width, height, _ = png_info(data)
             assert width >= 300 and height > 0
-        assert f"w = {float(w_after):g}" in explorer.inner_text(), "the caption does not name the new w"
+        caption_w = f"{readout_value(w_after):g}".replace("-", MINUS)  # the caption writes −, as the readout does
+        assert f"w = {caption_w}" in explorer.inner_text(), "the caption does not name the new w"

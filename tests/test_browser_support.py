@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from browser_support import (APT_HINT, LAB_SETTINGS, PIP_HINT, Deadline, JupyterLab, artifacts_dir, find_chromium,
-                             free_port, in_ci, jupyter_command, server_env, unavailable_action, unavailable_reason,
-                             wants_browser_tests, write_lab_settings)
+                             free_port, in_ci, jupyter_command, readout_value, server_env, unavailable_action,
+                             unavailable_reason, wants_browser_tests, write_lab_settings)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,6 +94,11 @@ def test_free_port_is_a_port_nothing_listens_on():
 def test_artifacts_dir_default_and_override(tmp_path):
     assert artifacts_dir({}, tmp_path) == tmp_path / "test-artifacts" / "browser"
     assert artifacts_dir({"DLCOURSE_BROWSER_ARTIFACTS": str(tmp_path / "shots")}, Path("/x")) == tmp_path / "shots"
+
+
+def test_readout_value_reads_the_unicode_minus_of_a_slider_readout():
+    assert readout_value(" \u22122.0 ") == -2.0
+    assert readout_value("-1.5") == -1.5 and readout_value("2.0") == 2.0
 
 
 def test_jupyter_command_binds_localhost_with_the_token_and_allows_root_only_as_root(tmp_path):

@@ -77,3 +77,11 @@ def test_a_typed_prompt_is_sampled_once_and_cached(setup):
         explorer.add_prompt("  ")
     with pytest.raises(ValueError, match="prompts: expected a non-empty list of prompt strings"):
         prompt_explorer(model, schedule, clip, "a rose")
+
+
+def test_the_caption_writes_guidance_scale_as_1_plus_w_like_lesson_04():
+    explorer = PromptExplorer({w: torch.zeros(1, 1, 3, 4, 4) for w in (0.0, 2.0)}, ["a rose"])
+    caption = explorer.widget.children[2]
+    assert caption.value == "w = 0 (diffusers' guidance_scale = 1 + w = 1) · prompt: 'a rose'"
+    explorer.set(w=2.0)
+    assert caption.value == "w = 2 (diffusers' guidance_scale = 1 + w = 3) · prompt: 'a rose'"

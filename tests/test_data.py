@@ -7,8 +7,8 @@ import torch
 from PIL import Image
 
 import dlcourse.data as data
-from dlcourse.data import (BACKGROUNDS, CLASSES, PETAL_COLOURS, SIZES, ImageDataset, load_flowers, to_display,
-                           to_pil)
+from dlcourse.data import (BACKGROUNDS, CLASSES, PETAL_COLOURS, SIZES, ImageDataset, cache, load_flowers,
+                           to_display, to_pil)
 from dlcourse.data.flowers import _PETAL_RGB
 
 
@@ -129,6 +129,53 @@ def test_older_generator_cache_is_removed(tmp_path, monkeypatch, capsys):
     assert "stale" in capsys.readouterr().out
     files = list(tmp_path.glob("*.npz"))
     assert len(files) == 1 and files[0] != old
+
+
+def _rewrite_cache(folder, transform):
+    (path,) = folder.glob("flowers_*.npz")
+    with np.load(path, allow_pickle=False) as f:
+        arrays = dict(f)
+    transform(arrays)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+@pytest.mark.parametrize("transform", [
+    lambda a: a.update(images=a["images"][:, :16, :16]),  # wrong image size, same fingerprint
+    lambda a: a.update(labels=a["labels"] + 100),  # labels out of range
+    lambda a: a.update(images=a["images"].astype(np.float32)),
+], ids=["shape", "labels", "dtype"])
+def test_a_cache_with_the_right_fingerprint_but_wrong_arrays_is_rebuilt(tmp_path, capsys, transform):
+    first = flowers(tmp_path, split="test", n=6)
+    _rewrite_cache(tmp_path, transform)
+    capsys.readouterr()
+    again = flowers(tmp_path, split="test", n=6)
+    assert "rebuilding it" in capsys.readouterr().out
+    assert torch.equal(again.images, first.images) and torch.equal(again.labels, first.labels)
+    flowers(tmp_path, split="test", n=6)  # not stuck: the rebuilt cache is used
+    assert "rebuilding" not in capsys.readouterr().out
+
+
+def test_a_read_only_folder_holding_a_valid_cache_is_used(tmp_path, monkeypatch):
+    first = flowers(tmp_path, split="test", n=6)
+    monkeypatch.setattr(cache, "is_writable_dir", lambda folder: False)  # root ignores chmod: pretend instead
+    monkeypatch.setattr("dlcourse.data.generate", lambda *a, **k: pytest.fail("the cache should be used"))
+    assert torch.equal(flowers(tmp_path, split="test", n=6).images, first.images)
+
+
+def test_an_unwritable_cache_dir_without_a_cache_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(cache, "is_writable_dir", lambda folder: False)
+    with pytest.raises(ValueError, match="cache_dir: expected a folder this user can write to"):
+        flowers(tmp_path, split="test", n=6)
+
+
+def test_no_writable_default_folder_draws_in_memory_with_a_note(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cache, "REPO_CACHE", tmp_path / "repo")
+    monkeypatch.setattr(cache, "USER_CACHE", tmp_path / "home" / ".cache")
+    monkeypatch.setattr(cache, "is_writable_dir", lambda folder: False)  # a read-only checkout and home
+    ds = load_flowers("test", n=4, image_size=16, progress=False)
+    assert ds.images.shape == (4, 3, 16, 16)
+    assert "cannot write a cache" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("kwargs, name", [

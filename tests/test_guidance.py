@@ -1,6 +1,7 @@
 """dlcourse.guidance: context masks, the CFG combination, batched vs two-pass guidance, classifier guidance."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -8,7 +9,7 @@ from torch import nn
 from dlcourse.guidance import (apply_context_mask, cfg_eps, classifier_guided_eps_fn, context_mask, guided_eps_fn,
                                one_hot, two_pass_guided_eps_fn)
 from dlcourse.sampling import ddim_sample
-from dlcourse.schedules import Schedule, scaled_linear_betas
+from dlcourse.schedules import Schedule, linear_betas, scaled_linear_betas
 
 
 class ToyCondModel(nn.Module):
@@ -74,6 +75,27 @@ def test_context_mask_edges_and_errors():
         apply_context_mask(torch.ones(4, 3), torch.ones(3))
 
 
+NOT_FINITE = [float("nan"), float("inf"), -float("inf"), np.float32("nan"), torch.tensor(float("nan"))]
+REAL = [np.float32(0.5), np.float64(0.5), torch.tensor(0.5), np.int64(1), 0.5]
+
+
+@pytest.mark.parametrize("p", NOT_FINITE, ids=repr)
+def test_drop_prob_must_be_a_finite_probability(p):
+    with pytest.raises(ValueError, match="drop_prob: expected a probability"):
+        context_mask(4, p)
+
+
+@pytest.mark.parametrize("p", REAL[:4], ids=repr)
+def test_drop_prob_accepts_numpy_scalars_and_0d_tensors(p):
+    assert context_mask(4, p).shape == (4,)
+
+
+@pytest.mark.parametrize("value", [0.5, 2.0, -1.0, float("nan")])
+def test_a_context_mask_must_hold_only_0_and_1(value):
+    with pytest.raises(ValueError, match="c_mask: expected values 0 .* or 1"):
+        apply_context_mask(torch.ones(3, 4), torch.tensor([1.0, value, 0.0]))
+
+
 def test_cfg_eps_formula_and_conventions():
     gen = torch.Generator().manual_seed(0)
     ec, eu = torch.randn(3, 2, 4, 4, generator=gen), torch.randn(3, 2, 4, 4, generator=gen)
@@ -87,6 +109,18 @@ def test_cfg_eps_formula_and_conventions():
         cfg_eps(ec, eu, torch.ones(2))
     with pytest.raises(ValueError, match="eps_uncond: expected the shape of eps_cond"):
         cfg_eps(ec, eu[:1], 1.0)
+
+
+@pytest.mark.parametrize("w", NOT_FINITE + [torch.tensor([0.0, float("inf")])], ids=repr)
+def test_cfg_refuses_guidance_weights_that_are_not_finite(w):
+    with pytest.raises(ValueError, match="w: expected"):
+        cfg_eps(torch.zeros(2, 3), torch.ones(2, 3), w)
+
+
+@pytest.mark.parametrize("w", REAL, ids=repr)
+def test_cfg_accepts_any_real_number(w):
+    out = cfg_eps(torch.zeros(2, 3), torch.ones(2, 3), w)
+    torch.testing.assert_close(out, torch.full((2, 3), -float(w)))
 
 
 def test_guided_eps_fn_is_one_batched_pass_equal_to_two_passes():
@@ -154,6 +188,13 @@ def test_classifier_guidance_moves_the_denoised_estimate_towards_the_class():
 # --- learner self-checks (dlcourse.checks.guidance) ---------------------------------------------
 
 # check_context_mask, check_cfg_loss and check_guided_eps_fn: tests/test_checks_lessons_03_04.py
+
+
+@pytest.mark.parametrize("s", NOT_FINITE, ids=repr)
+def test_classifier_guidance_scale_must_be_finite(s):
+    schedule = Schedule(linear_betas(10))
+    with pytest.raises(ValueError, match="scale: expected a finite real number"):
+        classifier_guided_eps_fn(lambda x, t: x, lambda x, t: x, torch.tensor([0]), s, schedule)
 
 
 def test_check_cfg_eps_passes_and_diagnoses():

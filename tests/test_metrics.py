@@ -126,6 +126,16 @@ def test_bad_inputs_teach(evaluator, fresh):
         metrics.fid(x, x, evaluator="inception")
 
 
+def test_images_in_0_1_are_refused_by_the_metrics_with_the_fix(fresh):
+    x, labels = fresh.images[:16], fresh.labels[:16]
+    x01 = (x + 1) / 2
+    with pytest.raises(ValueError, match=r"x: expected images in \[-1, 1\].*no negative value.*x \* 2 - 1"):
+        metrics.class_accuracy(x01, labels)
+    with pytest.raises(ValueError, match=r"x \* 2 - 1"):
+        metrics.fid(x01, x)
+    assert 0.0 <= metrics.class_accuracy(x, labels) <= 1.0  # [-1, 1] still accepted
+
+
 def test_neighbour_rms_matches_closed_forms():
     flat = torch.full((1, 1, 2, 5), 0.3)
     stripes = torch.zeros(1, 1, 4, 4)

@@ -88,6 +88,20 @@ def test_schedule_rejects_bad_betas(betas, match):
         Schedule(betas)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_schedule_is_refused(dtype):
+    with pytest.raises(ValueError, match="dtype: expected torch.float32 or torch.float64"):
+        Schedule(linear_betas(1000), dtype=dtype)
+
+
+def test_a_float32_schedule_steps_half_precision_images_to_finite_values():
+    schedule = Schedule(linear_betas(1000))
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float16)
+    t = torch.tensor([999, 0])
+    out = schedule.ddpm_step(x, t, torch.randn_like(x), noise=torch.randn_like(x))
+    assert out.dtype == torch.float16 and torch.isfinite(out).all()
+
+
 def test_input_validation(sched):
     x = torch.randn(4, 3, 2, 2)
     with pytest.raises(ValueError, match="t: expected an integer tensor of timesteps"):

@@ -2,12 +2,13 @@
 import io
 
 import matplotlib
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from dlcourse.schedules import Schedule, scaled_linear_betas
-from dlcourse.widgets import guidance_explorer
+from dlcourse.widgets import GuidanceExplorer, guidance_explorer
 
 CLASSES = ("daisy", "rose", "tulip")
 
@@ -93,6 +94,15 @@ def test_guidance_uses_shared_noise_and_the_weight(explorer_and_model):
     assert not torch.allclose(explorer.images[0.0][0], explorer.images[0.0][1], atol=1e-3)
 
 
+def test_caption_writes_negative_w_with_the_minus_sign_of_the_slider_readout(explorer_and_model):
+    explorer, _ = explorer_and_model
+    explorer.set(w=-2.0, cls="all")
+    caption = explorer.widget.children[1].value
+    assert caption.startswith("w = \u22122 (diffusers' guidance_scale = 1 + w = \u22121) · ") and "-" not in caption
+    explorer.set(w=0.0)
+    assert explorer.widget.children[1].value.startswith("w = 0 (diffusers' guidance_scale = 1 + w = 1) · ")
+
+
 def test_static_fallback(explorer_and_model):
     explorer, _ = explorer_and_model
     figure = explorer.show_static(ws=[-1.0, 0.0, 5.0])
@@ -122,3 +132,13 @@ def test_each_weight_gets_its_own_guidance(explorer_and_model):
         assert torch.allclose(explorer.images[w], expected.clamp(-1, 1), atol=1e-4), w
         saturated += int((expected.abs() > 1).any())
     assert saturated >= 2  # the clipping really was exercised
+
+
+def test_explorer_set_refuses_nan_and_accepts_numpy_numbers():
+    images = {w: torch.zeros(len(CLASSES), 1, 3, 8, 8) for w in (0.0, 1.0, 2.0)}
+    explorer = GuidanceExplorer(images, list(CLASSES))
+    for bad in (float("nan"), float("inf"), "1"):
+        with pytest.raises(ValueError, match="w: expected a finite real number"):
+            explorer.set(w=bad)
+    assert explorer.set(w=np.float32(1.9)).w == 2.0
+    assert explorer.set(w=torch.tensor(0.2)).w == 0.0

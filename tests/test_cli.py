@@ -1,4 +1,4 @@
-"""Every CLI error is one line naming the option and the fix, with exit status 2, before any work."""
+"""dlcourse.tools.cli: every error is one line naming the option and the fix, with exit status 2, before any work."""
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,4 @@
-"""The shared argument checks: any real finite number, seeds, choices, timestep tensors."""
+"""dlcourse.validation, the shared argument checks: any real finite number, seeds, choices, timestep tensors."""
 import numpy as np
 import pytest
 import torch
