@@ -172,9 +172,8 @@ class GuidanceBudget(Budget):
                                 "samples per guidance weight w in the trade-off sweep (balanced over the 5 classes)")
     n_test: int = per_budget(2_000, 2_000, 100, "test images that FID compares with")
     sampling_steps: int = per_budget(50, 50, 5, "DDIM steps")
-    explorer_per_class: int = per_budget(4, 2, 1,
-                                         "samples per (w, class) in the w-slider explorer (25 values of w: one batched run)")
-    timing_repeats: int = per_budget(5, 3, 1, "repeats per timing of batched vs two-pass guidance (the minimum is reported)")
+    explorer_per_class: int = per_budget(4, 2, 1, "samples per (w, class) in the w-slider explorer (one batched run)")
+    timing_repeats: int = per_budget(5, 3, 1, "repeats per timing of batched vs two-pass guidance (minimum reported)")
 
     @property
     def context_dim(self) -> int:
@@ -231,7 +230,9 @@ class AssessmentBudget(Budget):
     @property
     def context_dim(self) -> int:
         """c = [one_hot(class); one_hot(petal colour)] (dlcourse.grading.assessment.CONTEXT_DIM)."""
-        return 8
+        from .data import CLASSES, PETAL_COLOURS
+
+        return len(CLASSES) + len(PETAL_COLOURS)
 
 
 # lesson -> its table, in course order
