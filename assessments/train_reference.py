@@ -5,11 +5,11 @@
 The recipe is the notebook's at the CPU budget, ``dlcourse.budget("assessment", "cpu")``: its
 ConditionalUNet widths, image size, T (scaled linear betas), steps, batch, AdamW learning rate and EMA
 decay, with context c = [one_hot(class); one_hot(petal colour)] dropped whole with probability
-``drop_prob``; the reference alone keeps transposed-convolution upsampling. The EMA model is saved (config.json + model.safetensors) with a
-``reference.json`` of how it was made, then w is chosen by a sweep (``--evaluate`` repeats only
-that): class + colour accuracy of the grader's quick-budget sampling, on seed 0 (the grader samples
-on its own seed, ``sampling_seed`` in grading.json). The grader tests use this model as the honest
-"correct" submission.
+``drop_prob``; the reference alone keeps transposed-convolution upsampling. The EMA model is saved
+(config.json + model.safetensors) with a ``reference.json`` of how it was made, then w is chosen by a
+sweep (``--evaluate`` repeats only that): class + colour accuracy of the grader's quick-budget
+sampling, on seed 0 (the grader samples on its own seed, ``sampling_seed`` in grading.json). The
+grader tests use this model as the honest "correct" submission.
 """
 from __future__ import annotations
 
