@@ -2,13 +2,14 @@
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python assessments/train_reference.py   # ~10 min on one shared CPU core
 
-The recipe is the notebook's at the CPU budget: ConditionalUNet (32, 64) at 16×16, T = 200 scaled
-linear betas, context c = [one_hot(class); one_hot(petal colour)] dropped whole with probability
-0.1, AdamW lr 2e-3, EMA 0.999. The EMA model is saved (config.json + model.safetensors) with a
-``reference.json`` of how it was made, then w is chosen by a sweep (``--evaluate`` repeats only
-that): class + colour accuracy of the grader's quick-budget sampling, on seed 0 (the grader samples
-on its own seed, ``sampling_seed`` in grading.json). The grader tests use this model as the honest
-"correct" submission.
+The recipe is the notebook's at the CPU budget, ``dlcourse.budget("assessment", "cpu")``: its
+ConditionalUNet widths, image size, T (scaled linear betas), steps, batch, AdamW learning rate and EMA
+decay, with context c = [one_hot(class); one_hot(petal colour)] dropped whole with probability
+``drop_prob``; the reference alone keeps transposed-convolution upsampling. The EMA model is saved
+(config.json + model.safetensors) with a ``reference.json`` of how it was made, then w is chosen by a
+sweep (``--evaluate`` repeats only that): class + colour accuracy of the grader's quick-budget
+sampling, on seed 0 (the grader samples on its own seed, ``sampling_seed`` in grading.json). The
+grader tests use this model as the honest "correct" submission.
 """
 from __future__ import annotations
 
@@ -28,8 +29,10 @@ from dlcourse.models import ConditionalUNet, count_parameters, save_model
 from dlcourse.training import train
 
 OUT = Path(__file__).resolve().parent / "reference"
-RECIPE = dict(channels=[32, 64], image_size=16, T=200, steps=4000, batch_size=64, lr=2e-3, ema_decay=0.999,
-              drop_prob=0.1, seed=0, n_images=10_000, upsample="transpose", condition_encoder=False)
+SIZES = dlcourse.budget("assessment", "cpu")
+RECIPE = dict(channels=list(SIZES.channels), image_size=SIZES.image_size, T=SIZES.T, steps=SIZES.train_steps,
+              batch_size=SIZES.batch_size, lr=SIZES.lr, ema_decay=SIZES.ema_decay, drop_prob=SIZES.drop_prob,
+              seed=0, n_images=SIZES.n_images, upsample="transpose", condition_encoder=False)
 
 
 def flower_tensors(n: int, image_size: int) -> torch.utils.data.TensorDataset:

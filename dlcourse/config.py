@@ -11,11 +11,18 @@ branch on the mode themselves, so they read the same under every budget.
 
 Choose explicitly with ``DLCOURSE_BUDGET=quick|cpu|full``; ``DLCOURSE_QUICK=1`` (also
 ``true``/``yes``/``on``) is kept as a short form of ``DLCOURSE_BUDGET=quick``.
+
+The table is one frozen dataclass per lesson (:data:`LESSONS`): each field is declared with its full,
+cpu and quick values side by side, ``per_budget(full, cpu, quick, doc)``, and ``budget()`` returns an
+instance holding one column. The notebooks, ``dlcourse doctor``, ``dlcourse benchmark``,
+:mod:`dlcourse.pretrained` and ``assessments/train_reference.py`` all read it; nothing else holds a
+lesson's widths, steps, T or learning rate.
 """
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
+from dataclasses import dataclass, field, fields
+from typing import ClassVar
 
 _TRUE = {"1", "true", "yes", "on"}
 MODES = ("full", "cpu", "quick")
@@ -58,112 +65,196 @@ LESSON02 = {"norm": "batch", "activation": "relu", "pool": "max", "time_embeddin
 OPTIMISED = {"norm": "group", "activation": "gelu", "pool": "rearrange", "time_embedding": "sinusoidal",
              "residual": True, "upsample": "nearest"}
 
-# Each lesson's sizes: (full, cpu, quick). Keys are read by the notebooks.
-# n_images: training images; train_steps: optimizer steps; batch_size; lr: peak learning rate;
-# T: diffusion steps; n_samples: images sampled for grids/metrics.
-BUDGETS: dict[str, dict[str, tuple]] = {
-    "00_welcome": {
-        "n_images": (64, 64, 32),
-    },
-    "01_unet_denoiser": {
-        "n_images": (10_000, 4_000, 512),
-        "image_size": (32, 16, 32),
-        "channels": ((64, 128, 256), (32, 64), (16, 32)),
-        "train_steps": (3_000, 1_500, 60),
-        "batch_size": (128, 64, 32),
-        "noise_level": (0.5, 0.5, 0.5),
-    },
-    "02_ddpm": {
-        "n_images": (10_000, 10_000, 512),
-        "image_size": (32, 16, 16),
-        "channels": ((64, 128, 256), (32, 64), (16, 32)),
-        "T": (1000, 200, 100),
-        "train_steps": (8_000, 4_000, 300),
-        "batch_size": (128, 64, 32),
-        "lr": (1e-3, 2e-3, 2e-3),
-        "n_samples": (100, 100, 10),
-    },
-    "03_optimizations": {
-        "n_images": (10_000, 10_000, 256),
-        "image_size": (32, 16, 16),
-        "channels": ((64, 128, 256), (32, 64), (16, 32)),
-        "T": (1000, 200, 50),
-        # two models (lesson-02 style and optimised) are trained on this same budget each
-        "train_steps": (4_000, 2_500, 30),
-        "batch_size": (128, 64, 16),
-        "lr": (1e-3, 2e-3, 1e-3),
-        "n_samples": (500, 200, 16),
-        "ema_decay": (0.999, 0.999, 0.99),
-        # DDIM steps S of the FID-vs-steps table (T is added as the last column)
-        "ddim_steps": ((10, 20, 50, 100), (10, 25, 50), (10,)),
-        # the DDIM steps used to compare models and EMA
-        "sampling_steps": (50, 50, 10),
-        # timed optimizer steps per row of the speed table
-        "timed_steps": (20, 5, 2),
-    },
-    "04_classifier_free_guidance": {
-        "n_images": (10_000, 10_000, 512),
-        "image_size": (32, 16, 16),
-        "channels": ((64, 128, 256), (32, 64), (16, 32)),
-        "T": (1000, 200, 100),
-        "train_steps": (8_000, 4_000, 50),
-        "batch_size": (128, 64, 32),
-        "lr": (1e-3, 2e-3, 1e-3),
-        # samples per guidance weight w in the trade-off sweep (balanced over the 5 classes)
-        "n_samples": (500, 200, 10),
-        # test images that FID compares with
-        "n_test": (2_000, 2_000, 100),
-        "sampling_steps": (50, 50, 5),
-        # samples per (w, class) in the w-slider explorer (25 values of w: one batched run)
-        "explorer_per_class": (4, 2, 1),
-        # repeats per timing of batched vs two-pass guidance (the minimum is reported)
-        "timing_repeats": (5, 3, 1),
-    },
-    "assessment": {
-        # the student's model (assessments/assessment.ipynb): trained on class + petal colour
-        "n_images": (10_000, 10_000, 512),
-        "image_size": (32, 16, 16),
-        "channels": ((64, 128, 256), (32, 64), (16, 32)),
-        "T": (1000, 200, 100),
-        "train_steps": (8_000, 4_000, 40),
-        "batch_size": (128, 64, 32),
-        # the grader: samples per (class, colour) pair (15 pairs), DDIM steps, training images for the
-        # near-copy check, test images for FID
-        "n_per_pair": (40, 20, 8),
-        "sampling_steps": (50, 50, 25),
-        "n_train_features": (10_000, 2_000, 1_000),
-        "n_test": (2_000, 1_000, 300),
-    },
-    "05_clip_conditioning": {
-        "n_images": (10_000, 5_000, 512),
-        "n_test": (2_000, 1_000, 200),
-        "image_size": (32, 16, 16),
-        # TinyCLIP: embedding size D, optimizer steps and batch (the batch is the N of the N×N matrix)
-        "clip_embed_dim": (64, 64, 32),
-        "clip_steps": (3_000, 800, 40),
-        "clip_batch_size": (256, 128, 64),
-        # the text-conditioned U-Net (lesson 04's ConditionalUNet with context_dim = D)
-        "channels": ((64, 128, 256), (32, 64), (16, 32)),
-        "T": (1000, 200, 100),
-        "train_steps": (8_000, 2_500, 40),
-        "batch_size": (128, 64, 32),
-        "sampling_steps": (50, 25, 5),
-        # samples per prompt in the seen / held-out measurement
-        "n_per_prompt": (100, 40, 4),
-        # samples per (w, prompt) in the prompt explorer
-        "explorer_per_prompt": (4, 2, 1),
-    },
+
+def per_budget(full, cpu, quick, doc: str):
+    """A lesson field: its values under the full, cpu and quick budgets (in :data:`MODES` order) and what it is."""
+    return field(metadata={"budgets": (full, cpu, quick), "doc": doc})
+
+
+def same(value, doc: str):
+    """A lesson field with one value under every budget."""
+    return per_budget(value, value, value, doc)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """One lesson's sizes under one budget. Subclasses declare the fields with :func:`per_budget`."""
+
+    mode: str  # the budget's name, one of MODES
+    model: ClassVar[str | None] = None  # the dlcourse.models class the lesson trains (None: it trains none)
+    models_trained: ClassVar[int] = 1  # how many of them, each on the whole budget
+
+    @property
+    def quick(self) -> bool:
+        """True under the quick (CI) budget."""
+        return self.mode == "quick"
+
+    @property
+    def context_dim(self) -> int | None:
+        """Size of the model's context c (None: unconditional)."""
+        return None
+
+    @classmethod
+    def columns(cls) -> dict[str, tuple]:
+        """The table as written: field name -> (full, cpu, quick)."""
+        return {f.name: f.metadata["budgets"] for f in fields(cls) if "budgets" in f.metadata}
+
+
+@dataclass(frozen=True)
+class WelcomeBudget(Budget):
+    """Lesson 00: a look at the flowers."""
+
+    n_images: int = per_budget(64, 64, 32, "flowers drawn and shown")
+
+
+@dataclass(frozen=True)
+class DenoiserBudget(Budget):
+    """Lesson 01: a U-Net that removes noise of one fixed level."""
+
+    model: ClassVar[str] = "UNetDenoiser"
+    n_images: int = per_budget(10_000, 4_000, 512, "training images")
+    image_size: int = per_budget(32, 16, 32, "image side in pixels")
+    channels: tuple[int, ...] = per_budget((64, 128, 256), (32, 64), (16, 32), "U-Net widths, one per resolution")
+    train_steps: int = per_budget(3_000, 1_500, 60, "optimizer steps")
+    batch_size: int = per_budget(128, 64, 32, "images per step")
+    noise_level: float = same(0.5, "standard deviation σ of the added noise")
+
+
+@dataclass(frozen=True)
+class DDPMBudget(Budget):
+    """Lesson 02: an unconditional DDPM."""
+
+    model: ClassVar[str] = "TimeUNet"
+    n_images: int = per_budget(10_000, 10_000, 512, "training images")
+    image_size: int = per_budget(32, 16, 16, "image side in pixels")
+    channels: tuple[int, ...] = per_budget((64, 128, 256), (32, 64), (16, 32), "U-Net widths, one per resolution")
+    T: int = per_budget(1000, 200, 100, "diffusion steps")
+    train_steps: int = per_budget(8_000, 4_000, 300, "optimizer steps")
+    batch_size: int = per_budget(128, 64, 32, "images per step")
+    lr: float = per_budget(1e-3, 2e-3, 2e-3, "peak learning rate")
+    n_samples: int = per_budget(100, 100, 10, "images sampled for the grid and FID")
+
+
+@dataclass(frozen=True)
+class OptimisationsBudget(Budget):
+    """Lesson 03: the lesson-02 U-Net (:data:`LESSON02`) against the optimised one (:data:`OPTIMISED`), DDIM, EMA."""
+
+    model: ClassVar[str] = "UNet"
+    models_trained: ClassVar[int] = 2  # the lesson-02 style and the optimised U-Net
+    n_images: int = per_budget(10_000, 10_000, 256, "training images")
+    image_size: int = per_budget(32, 16, 16, "image side in pixels")
+    channels: tuple[int, ...] = per_budget((64, 128, 256), (32, 64), (16, 32), "U-Net widths, one per resolution")
+    T: int = per_budget(1000, 200, 50, "diffusion steps")
+    train_steps: int = per_budget(4_000, 2_500, 30, "optimizer steps of each of the two models")
+    batch_size: int = per_budget(128, 64, 16, "images per step")
+    lr: float = per_budget(1e-3, 2e-3, 1e-3, "peak learning rate")
+    n_samples: int = per_budget(500, 200, 16, "images sampled per FID")
+    ema_decay: float = per_budget(0.999, 0.999, 0.99, "decay of the exponential moving average of the weights")
+    ddim_steps: tuple[int, ...] = per_budget((10, 20, 50, 100), (10, 25, 50), (10,),
+                                             "DDIM steps S of the FID-vs-steps table (T is added as the last column)")
+    sampling_steps: int = per_budget(50, 50, 10, "DDIM steps used to compare the models and EMA")
+    timed_steps: int = per_budget(20, 5, 2, "timed optimizer steps per row of the speed table")
+
+
+@dataclass(frozen=True)
+class GuidanceBudget(Budget):
+    """Lesson 04: classifier-free guidance on the flower classes."""
+
+    model: ClassVar[str] = "ConditionalUNet"
+    n_images: int = per_budget(10_000, 10_000, 512, "training images")
+    image_size: int = per_budget(32, 16, 16, "image side in pixels")
+    channels: tuple[int, ...] = per_budget((64, 128, 256), (32, 64), (16, 32), "U-Net widths, one per resolution")
+    T: int = per_budget(1000, 200, 100, "diffusion steps")
+    train_steps: int = per_budget(8_000, 4_000, 50, "optimizer steps")
+    batch_size: int = per_budget(128, 64, 32, "images per step")
+    lr: float = per_budget(1e-3, 2e-3, 1e-3, "peak learning rate")
+    n_samples: int = per_budget(500, 200, 10,
+                                "samples per guidance weight w in the trade-off sweep (balanced over the 5 classes)")
+    n_test: int = per_budget(2_000, 2_000, 100, "test images that FID compares with")
+    sampling_steps: int = per_budget(50, 50, 5, "DDIM steps")
+    explorer_per_class: int = per_budget(4, 2, 1, "samples per (w, class) in the w-slider explorer (one batched run)")
+    timing_repeats: int = per_budget(5, 3, 1, "repeats per timing of batched vs two-pass guidance (minimum reported)")
+
+    @property
+    def context_dim(self) -> int:
+        """c = one_hot(class): one entry per flower class."""
+        from .data import CLASSES
+
+        return len(CLASSES)
+
+
+@dataclass(frozen=True)
+class CLIPBudget(Budget):
+    """Lesson 05: TinyCLIP, then lesson 04's ConditionalUNet conditioned on its text embeddings."""
+
+    model: ClassVar[str] = "ConditionalUNet"
+    n_images: int = per_budget(10_000, 5_000, 512, "training images")
+    n_test: int = per_budget(2_000, 1_000, 200, "test images")
+    image_size: int = per_budget(32, 16, 16, "image side in pixels")
+    clip_embed_dim: int = per_budget(64, 64, 32, "TinyCLIP's embedding size D")
+    clip_steps: int = per_budget(3_000, 800, 40, "TinyCLIP's optimizer steps")
+    clip_batch_size: int = per_budget(256, 128, 64, "TinyCLIP's batch: the N of the N×N similarity matrix")
+    channels: tuple[int, ...] = per_budget((64, 128, 256), (32, 64), (16, 32), "U-Net widths, one per resolution")
+    T: int = per_budget(1000, 200, 100, "diffusion steps")
+    train_steps: int = per_budget(8_000, 2_500, 40, "the U-Net's optimizer steps")
+    batch_size: int = per_budget(128, 64, 32, "the U-Net's images per step")
+    sampling_steps: int = per_budget(50, 25, 5, "DDIM steps")
+    n_per_prompt: int = per_budget(100, 40, 4, "samples per prompt in the seen / held-out measurement")
+    explorer_per_prompt: int = per_budget(4, 2, 1, "samples per (w, prompt) in the prompt explorer")
+
+    @property
+    def context_dim(self) -> int:
+        """c = a TinyCLIP text embedding: D entries."""
+        return self.clip_embed_dim
+
+
+@dataclass(frozen=True)
+class AssessmentBudget(Budget):
+    """The assessment (assessments/assessment.ipynb): a ConditionalUNet on class + petal colour, and its grader."""
+
+    model: ClassVar[str] = "ConditionalUNet"
+    n_images: int = per_budget(10_000, 10_000, 512, "training images")
+    image_size: int = per_budget(32, 16, 16, "image side in pixels")
+    channels: tuple[int, ...] = per_budget((64, 128, 256), (32, 64), (16, 32), "U-Net widths, one per resolution")
+    T: int = per_budget(1000, 200, 100, "diffusion steps")
+    train_steps: int = per_budget(8_000, 4_000, 40, "optimizer steps")
+    batch_size: int = per_budget(128, 64, 32, "images per step")
+    lr: float = same(2e-3, "peak learning rate (AdamW)")
+    ema_decay: float = same(0.999, "decay of the exponential moving average of the weights")
+    drop_prob: float = same(0.1, "probability of dropping a sample's whole context c")
+    n_per_pair: int = per_budget(40, 20, 8, "the grader's samples per (class, colour) pair (15 pairs)")
+    sampling_steps: int = per_budget(50, 50, 25, "the grader's DDIM steps")
+    n_train_features: int = per_budget(10_000, 2_000, 1_000, "training images of the grader's near-copy check")
+    n_test: int = per_budget(2_000, 1_000, 300, "test images of the grader's FID")
+
+    @property
+    def context_dim(self) -> int:
+        """c = [one_hot(class); one_hot(petal colour)] (dlcourse.grading.assessment.CONTEXT_DIM)."""
+        from .data import CLASSES, PETAL_COLOURS
+
+        return len(CLASSES) + len(PETAL_COLOURS)
+
+
+# lesson -> its table, in course order
+LESSONS: dict[str, type[Budget]] = {
+    "00_welcome": WelcomeBudget,
+    "01_unet_denoiser": DenoiserBudget,
+    "02_ddpm": DDPMBudget,
+    "03_optimizations": OptimisationsBudget,
+    "04_classifier_free_guidance": GuidanceBudget,
+    "05_clip_conditioning": CLIPBudget,
+    "assessment": AssessmentBudget,
 }
 
 
-def budget(lesson: str, mode_name: str | None = None) -> SimpleNamespace:
-    """The sizes for ``lesson`` under ``mode_name`` (default: the budget in force), plus
-    ``mode`` (its name) and ``quick`` (bool)."""
-    if lesson not in BUDGETS:
-        raise ValueError(f"lesson: expected one of {sorted(BUDGETS)}, got {lesson!r}")
+def budget(lesson: str, mode_name: str | None = None) -> Budget:
+    """The sizes for ``lesson`` under ``mode_name`` (default: the budget in force): an instance of the
+    lesson's :class:`Budget` class, with ``mode`` (its name) and ``quick`` (bool)."""
+    if lesson not in LESSONS:
+        raise ValueError(f"lesson: expected one of {sorted(LESSONS)}, got {lesson!r}")
     chosen = mode() if mode_name is None else mode_name
     if chosen not in MODES:
         raise ValueError(f"mode_name: expected one of {', '.join(MODES)} or None, got {chosen!r}")
-    pick = MODES.index(chosen)
-    sizes = {key: values[pick] for key, values in BUDGETS[lesson].items()}
-    return SimpleNamespace(mode=chosen, quick=chosen == "quick", **sizes)
+    table = LESSONS[lesson]
+    column = MODES.index(chosen)
+    return table(mode=chosen, **{name: values[column] for name, values in table.columns().items()})

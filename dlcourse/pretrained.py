@@ -8,15 +8,19 @@ A student whose training went wrong, or who has no time, still sees what a lesso
 Each reference is a folder ``model.safetensors`` + ``config.json`` (the model registry's format)
 + ``reference.json``: the schedule (scaled linear betas, T), the budget, machine and date it was
 trained on, and ``check``: scores that :func:`score` recomputes from the shipped weights (the
-tests do, so a reference that no longer scores what the results page says fails CI).
-The notebooks write their model with :func:`save_reference`; ``dlcourse results
---update-references`` copies those folders here.
+tests do, so a reference that no longer scores what the results page says fails CI). Each
+reference must also reach its floors (:class:`Reference`: an FID ceiling, a class-accuracy floor),
+so that a reference replaced by a noise model fails CI too.
+The notebooks write their model with :func:`save_reference`; ``dlcourse results --budget cpu
+--update-references`` copies those folders here (from the cpu budget only, and only references that
+reach their floors).
 """
 from __future__ import annotations
 
 import json
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -33,20 +37,52 @@ from dlcourse.sampling import ddim_sample
 from dlcourse.schedules import Schedule, scaled_linear_betas
 from dlcourse.validation import describe, fail
 
-__all__ = ["REFERENCES", "WEIGHTS", "available", "load", "save_reference", "score"]
+__all__ = ["BUDGET", "REFERENCES", "Reference", "WEIGHTS", "available", "load", "save_reference", "score"]
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "reference"
-
-# name -> (lesson, what it is, kind): "unconditional" models are scored by FID, "class" models by
-# class accuracy and FID of guided samples at the weight w stored in their reference.json.
-REFERENCES: dict[str, tuple[str, str, str]] = {
-    "02_ddpm": ("02_ddpm", "lesson 02's TimeUNet, unconditional DDPM", "unconditional"),
-    "03_optimised": ("03_optimizations", "lesson 03's optimised UNet, unconditional", "unconditional"),
-    "04_cfg": ("04_classifier_free_guidance", "lesson 04's ConditionalUNet, 5 classes, trained for CFG", "class"),
-}
+BUDGET = "cpu"  # the budget every shipped reference is trained at (its lesson's sizes: config.budget(lesson, BUDGET))
 
 # the regression check: small enough for a CPU test, fixed seeds, DDIM with x̂_0 clipping
 CHECK = {"n": 100, "steps": 25, "seed": 0}
+
+# Floors at CHECK, from the scores the shipped references recorded (reference.json, 2026-11-23; docs/results.md):
+# FID at most FID_MARGIN × the recorded FID, class accuracy at least the recorded one − ACCURACY_MARGIN.
+# Retraining at the cpu budget moves them a few % (lesson 04 at w = 3: FID 24.9 against 24.2); quick-budget
+# models score FID 100–560 and accuracy 0.18.
+FID_MARGIN = 1.25
+ACCURACY_MARGIN = 0.15
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A shipped reference: its lesson, what it is, its ``kind`` ("unconditional" models are scored by FID,
+    "class" models by class accuracy and FID of guided samples at the weight w stored in their
+    reference.json) and the floors its :func:`score` at ``CHECK`` must reach."""
+
+    lesson: str
+    description: str
+    kind: str
+    max_fid: float
+    min_accuracy: float | None = None
+
+    def missed(self, scores: dict) -> list[str]:
+        """The floors ``scores`` miss, one phrase each; empty when it reaches them all."""
+        missed = []
+        if not scores["FID"] <= self.max_fid:
+            missed.append(f"FID {scores['FID']:.2f} above its ceiling {self.max_fid:.2f}")
+        if self.min_accuracy is not None and not scores["accuracy"] >= self.min_accuracy:
+            missed.append(f"class accuracy {scores['accuracy']:.3f} below its floor {self.min_accuracy:.3f}")
+        return missed
+
+
+REFERENCES: dict[str, Reference] = {
+    "02_ddpm": Reference("02_ddpm", "lesson 02's TimeUNet, unconditional DDPM", "unconditional",
+                         max_fid=FID_MARGIN * 65.24),
+    "03_optimised": Reference("03_optimizations", "lesson 03's optimised UNet, unconditional", "unconditional",
+                              max_fid=FID_MARGIN * 50.26),
+    "04_cfg": Reference("04_classifier_free_guidance", "lesson 04's ConditionalUNet, 5 classes, trained for CFG",
+                        "class", max_fid=FID_MARGIN * 24.16, min_accuracy=0.93 - ACCURACY_MARGIN),
+}
 
 
 def _check_name(name) -> str:
@@ -103,11 +139,11 @@ def save_reference(name: str, model, schedule, *, folder=None, w: float = 0.0, n
     folder = Path(folder) if folder is not None else Path("runs") / "reference" / name
     model = model.eval()
     save_model(model, folder)
-    kind = REFERENCES[name][2]
+    kind = REFERENCES[name].kind
     info = {
         "name": name,
-        "lesson": REFERENCES[name][0],
-        "description": REFERENCES[name][1],
+        "lesson": REFERENCES[name].lesson,
+        "description": REFERENCES[name].description,
         "kind": kind,
         "parameters": count_parameters(model),
         "schedule": {"betas": "scaled_linear", "T": schedule.T},
@@ -131,7 +167,7 @@ def load(name: str, device=None) -> SimpleNamespace:
     if not (folder / "reference.json").is_file():
         raise FileNotFoundError(
             f"reference {name!r} is not shipped with this copy of dlcourse ({folder} is missing); "
-            f"rebuild it with `dlcourse results --budget cpu --update-references`, or reinstall the package")
+            f"rebuild it with `dlcourse results --budget {BUDGET} --update-references`, or reinstall the package")
     info = json.loads((folder / "reference.json").read_text())
     device = torch.device(device) if device is not None else get_device()
     model = load_model(folder, device=device).eval()

@@ -1,10 +1,25 @@
 """Budgets: three modes from one table, chosen by environment variable or hardware."""
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import json
+from pathlib import Path
+
 import pytest
 
 import dlcourse
-from dlcourse import config
+from dlcourse import config, pretrained
+from dlcourse.tools import benchmark, doctor
+
+ROOT = Path(__file__).resolve().parents[1]
+# every lesson fact as the tables held it before the lesson table (commit a083b1d), values as repr()
+BEFORE = json.loads((ROOT / "tests" / "lesson_facts_before_the_table.json").read_text())
+# fields the table took over from train_reference's RECIPE: the assessment notebook's constants, one value
+# under every budget
+FROM_RECIPE = {"assessment": ("lr", "ema_decay", "drop_prob")}
+# the one value corrected after the move: doctor timed the assessment's model with a stale context of 8
+FIXED_SETUPS = {"assessment": ("('context_dim', 8)", "('context_dim', 11)")}
 
 
 @pytest.fixture
@@ -35,22 +50,75 @@ def test_environment_overrides_hardware(env):
 def test_budget_picks_the_column_and_names_it(env):
     env.setenv("DLCOURSE_BUDGET", "cpu")
     b = config.budget("04_classifier_free_guidance")
-    assert b.mode == "cpu" and not b.quick
-    assert b.train_steps == config.BUDGETS["04_classifier_free_guidance"]["train_steps"][1]
+    assert isinstance(b, config.GuidanceBudget) and b.mode == "cpu" and not b.quick
+    assert b.train_steps == config.GuidanceBudget.columns()["train_steps"][1]
     assert config.budget("04_classifier_free_guidance", "quick").quick
-    with pytest.raises(ValueError, match="mode_name"):
+    with pytest.raises(AttributeError, match="no_such_size"):
+        b.no_such_size
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        b.train_steps = 1
+    with pytest.raises(ValueError, match="mode_name: expected one of full, cpu, quick or None, got 'slow'"):
         config.budget("02_ddpm", "slow")
-    with pytest.raises(ValueError, match="lesson: expected one of"):
+    with pytest.raises(ValueError, match="lesson: expected one of .*'assessment'.*, got '06_nope'"):
         config.budget("06_nope")
 
 
-def test_every_entry_has_three_budgets_shrinking_towards_quick():
-    for lesson, sizes in config.BUDGETS.items():
-        for key, values in sizes.items():
-            assert isinstance(values, tuple) and len(values) == 3, (lesson, key)
+def test_every_field_is_documented_with_three_budgets_shrinking_towards_quick():
+    for lesson, table in config.LESSONS.items():
+        assert issubclass(table, config.Budget) and dataclasses.is_dataclass(table), lesson
+        for f in dataclasses.fields(table):
+            if f.name == "mode":
+                continue
+            assert f.metadata["doc"].strip(), (lesson, f.name)
+            values = f.metadata["budgets"]
+            assert isinstance(values, tuple) and len(values) == 3, (lesson, f.name)
             full, cpu, quick = values
-            if key in ("n_images", "train_steps", "T", "batch_size"):
-                assert quick <= cpu <= full, (lesson, key)
+            if f.name in ("n_images", "train_steps", "T", "batch_size"):
+                assert quick <= cpu <= full, (lesson, f.name)
+
+
+def test_context_sizes_are_the_models_own():
+    from dlcourse.data import CLASSES
+    from dlcourse.grading.assessment import CONTEXT_DIM
+
+    assert config.budget("assessment", "cpu").context_dim == CONTEXT_DIM
+    assert config.budget("04_classifier_free_guidance", "cpu").context_dim == len(CLASSES)
+    clip = config.budget("05_clip_conditioning", "quick")
+    assert clip.context_dim == clip.clip_embed_dim
+    assert config.budget("02_ddpm", "cpu").context_dim is None
+
+
+def _train_reference():
+    spec = importlib.util.spec_from_file_location("train_reference", ROOT / "assessments" / "train_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("mode_name", config.MODES)
+def test_the_lesson_table_holds_exactly_the_values_of_the_tables_it_replaced(mode_name):
+    """budget(), doctor's set-ups, benchmark's Settings, the assessment reference's RECIPE and pretrained's
+    CHECK read from the lesson table give what the separate tables gave before the move, type included."""
+    assert set(config.LESSONS) == set(BEFORE["budget"])
+    for lesson, table in config.LESSONS.items():
+        b = config.budget(lesson, mode_name)
+        expected = {**BEFORE["budget"][lesson][mode_name],
+                    **{key: BEFORE["RECIPE"][key] for key in FROM_RECIPE.get(lesson, ())}}
+        assert {f.name for f in dataclasses.fields(table)} | {"quick"} == set(expected), lesson
+        assert {key: repr(getattr(b, key)) for key in expected} == expected, lesson
+    assert set(doctor.TRAINED_LESSONS) == set(BEFORE["doctor"])
+    for lesson in doctor.TRAINED_LESSONS:
+        b = config.budget(lesson, mode_name)
+        expected = dict(BEFORE["doctor"][lesson][mode_name])
+        if lesson in FIXED_SETUPS:
+            expected["setup"] = expected["setup"].replace(*FIXED_SETUPS[lesson])
+        assert {"setup": repr(doctor._setup_key(lesson, mode_name)), "train_steps": b.train_steps,
+                "models": config.LESSONS[lesson].models_trained} == expected, lesson
+    settings = dataclasses.asdict(benchmark.Settings.from_budget(mode_name))
+    assert {key: repr(value) for key, value in settings.items()} == BEFORE["benchmark"][mode_name]
+    assert {key: repr(value) for key, value in _train_reference().RECIPE.items()} == BEFORE["RECIPE"]
+    assert {key: repr(value) for key, value in pretrained.CHECK.items()} == BEFORE["CHECK"]
+    assert (repr(config.LESSON02), repr(config.OPTIMISED)) == (BEFORE["LESSON02"], BEFORE["OPTIMISED"])
 
 
 def test_banner_says_which_budget_and_why(env):

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from dlcourse.tools import doctor
-from dlcourse.config import BUDGETS
+from dlcourse.config import budget
 
 
 def _by_name(found):
@@ -40,9 +40,9 @@ def test_torch_build_is_named(monkeypatch):
 
 def test_prediction_has_one_row_per_lesson_and_follows_the_model():
     predictions = doctor.predict(seconds=0.5, device="cpu", mode_name="quick")
-    assert [p.lesson for p in predictions] == list(doctor.LESSON_MODELS)
+    assert [p.lesson for p in predictions] == list(doctor.TRAINED_LESSONS)
     for p in predictions:
-        assert p.train_steps == BUDGETS[p.lesson]["train_steps"][2]
+        assert p.train_steps == budget(p.lesson, "quick").train_steps
         if p.seconds_per_step is not None:
             assert p.seconds == pytest.approx(p.seconds_per_step * p.train_steps * p.models)
     assert next(p for p in predictions if p.lesson == "03_optimizations").models == 2
@@ -52,7 +52,7 @@ def test_prediction_has_one_row_per_lesson_and_follows_the_model():
 
 def test_spent_time_budget_leaves_the_rest_unmeasured():
     predictions = doctor.predict(seconds=1e-9, device="cpu", mode_name="quick")
-    assert len(predictions) == len(doctor.LESSON_MODELS)
+    assert len(predictions) == len(doctor.TRAINED_LESSONS)
     assert sum(p.seconds_per_step is not None for p in predictions) <= 1  # only the first set-up, once
     assert "not measured" in doctor.format_report([], predictions, torch.device("cpu"), "quick")
 

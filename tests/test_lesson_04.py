@@ -1,13 +1,13 @@
 """Lesson 04 support outside the notebook: its budget (the guided-sampling rows: tests/test_benchmark.py)."""
 from __future__ import annotations
 
-from dlcourse.config import BUDGETS
+from dlcourse.config import LESSONS
 
 LESSON = "04_classifier_free_guidance"
 
 
 def test_budget_has_the_keys_the_notebook_reads_and_quick_is_smaller():
-    sizes = BUDGETS[LESSON]
+    sizes = LESSONS[LESSON].columns()
     for key in ("n_images", "image_size", "channels", "T", "train_steps", "batch_size", "n_samples", "n_test",
                 "sampling_steps", "explorer_per_class", "timing_repeats"):
         assert key in sizes, key

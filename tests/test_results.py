@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from dlcourse import pretrained
+from dlcourse import budget, pretrained
 from dlcourse.tools import results
-from dlcourse.models import ConditionalUNet, UNet
+from dlcourse.models import ConditionalUNet, TimeUNet, UNet
 from dlcourse.schedules import Schedule, scaled_linear_betas
 
 
@@ -106,15 +106,74 @@ def test_load_names_what_is_missing(tmp_path, monkeypatch):
         pretrained.load("05_nothing")
 
 
+def test_update_references_is_refused_from_any_budget_but_the_references_own(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(results, "run_notebook", lambda *a, **k: pytest.fail("ran a notebook before refusing"))
+    for other in ("quick", "full"):
+        assert results.main(["--budget", other, "--update-references", "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err == (f"dlcourse results: error: --update-references: expected --budget cpu, the budget the shipped "
+                       f"references are trained at (run `dlcourse results --budget cpu --update-references`), "
+                       f"got --budget {other}")
+    assert not any(tmp_path.iterdir())  # refused before writing anything
+
+
+def _saved_reference(folder, name, budget_name, scores):
+    (folder / name).mkdir(parents=True)
+    for file in ("model.safetensors", "config.json"):
+        (folder / name / file).write_text(f"{budget_name} {file}")
+    (folder / name / "reference.json").write_text(json.dumps({"budget": budget_name, "check": {"scores": scores}}))
+
+
+def test_copying_references_refuses_all_when_one_misses_its_floors_or_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained, "WEIGHTS", tmp_path / "weights")
+    _saved_reference(tmp_path / "weights", "02_ddpm", "cpu", {"FID": 65.24})  # what ships
+    good = {"FID": 25.0, "accuracy": 0.9, "diversity": 10.0}
+    cases = [("cpu", {"FID": 177.4}, "FID 177.40 above its ceiling 81.55"),  # lesson 02 at the quick budget
+             ("quick", {"FID": 60.0}, "trained at the quick budget")]
+    for budget_name, scores, reason in cases:
+        source = tmp_path / budget_name
+        _saved_reference(source, "04_cfg", "cpu", good)
+        _saved_reference(source, "02_ddpm", budget_name, scores)
+        with pytest.raises(ValueError, match=f"02_ddpm/reference.json: {reason}"):
+            results._copy_references(source)
+        assert (tmp_path / "weights" / "02_ddpm" / "config.json").read_text() == "cpu config.json"
+        assert not (tmp_path / "weights" / "04_cfg").exists()  # nothing copied
+    _saved_reference(tmp_path / "fine", "04_cfg", "cpu", good)
+    assert results._copy_references(tmp_path / "fine") == ["04_cfg"]
+    assert (tmp_path / "weights" / "04_cfg" / "model.safetensors").read_text() == "cpu model.safetensors"
+
+
+def test_floors_pass_the_recorded_scores_and_fail_quick_budget_and_untrained_models():
+    recorded = {"02_ddpm": {"FID": 65.24}, "03_optimised": {"FID": 50.26},
+                "04_cfg": {"FID": 24.16, "accuracy": 0.93, "diversity": 10.34}}
+    assert {name: pretrained.REFERENCES[name].missed(scores) for name, scores in recorded.items()} == \
+        {name: [] for name in recorded}
+    # measured at CHECK: lesson 02 trained at the quick budget (EMA and raw weights), lesson 04 at the quick budget
+    assert pretrained.REFERENCES["02_ddpm"].missed({"FID": 177.4}) and pretrained.REFERENCES["02_ddpm"].missed(
+        {"FID": 100.4})
+    assert len(pretrained.REFERENCES["04_cfg"].missed({"FID": 413.6, "accuracy": 0.18})) == 2
+    b = budget("02_ddpm", pretrained.BUDGET)
+    torch.manual_seed(0)
+    noise = TimeUNet(channels=b.channels, image_size=b.image_size, T=b.T)
+    scores = pretrained.score(noise, Schedule(scaled_linear_betas(b.T)), "unconditional", device="cpu")
+    assert pretrained.REFERENCES["02_ddpm"].missed(scores) == [f"FID {scores['FID']:.2f} above its ceiling 81.55"]
+
+
 @pytest.mark.parametrize("name", sorted(pretrained.REFERENCES))
-def test_shipped_reference_still_scores_what_it_recorded(name):
-    """The weights in the package reproduce the scores measured when the results page was made."""
+def test_shipped_reference_still_scores_what_it_recorded_and_reaches_its_floors(name):
+    """The weights in the package are their lesson's model at the cpu budget, reproduce the scores measured
+    when the results page was made, and reach the reference's floors."""
     if name not in pretrained.available():
         pytest.fail(f"reference {name} is not shipped: run `dlcourse results --budget cpu --update-references`")
     ref = pretrained.load(name, device="cpu")
     check = ref.info["check"]
-    assert ref.info["budget"] == "cpu" and ref.info["parameters"] < 600_000  # ≤ 2 MB of float32
+    assert ref.info["budget"] == pretrained.BUDGET and ref.info["parameters"] < 600_000  # ≤ 2 MB of float32
+    sizes = budget(pretrained.REFERENCES[name].lesson, pretrained.BUDGET)
+    assert (tuple(ref.model.config["channels"]), ref.model.config["image_size"], ref.schedule.T) == \
+        (sizes.channels, sizes.image_size, sizes.T)
+    assert ref.model.config.get("context_dim") == sizes.context_dim
     scores = pretrained.score(ref.model, ref.schedule, ref.info["kind"], n=check["n"], steps=check["steps"],
                               seed=check["seed"], w=check["w"])
     for key, recorded in check["scores"].items():
         assert scores[key] == pytest.approx(recorded, rel=0.02, abs=0.02), key
+    assert pretrained.REFERENCES[name].missed(scores) == []

@@ -92,10 +92,11 @@ class Settings:
     repeats: int = 5
 
     @classmethod
-    def from_budget(cls) -> "Settings":
+    def from_budget(cls, mode_name: str | None = None) -> "Settings":
+        """Lesson 03's sizes and lesson 04's sampling batch under ``mode_name`` (default: the budget in force)."""
         from .. import budget
 
-        b, b04 = budget("03_optimizations"), budget("04_classifier_free_guidance")
+        b, b04 = budget("03_optimizations", mode_name), budget("04_classifier_free_guidance", mode_name)
         return cls(tuple(b.channels), b.image_size, b.T, b.batch_size, min(b.n_samples, 64),
                    timed_steps=b.timed_steps, warmup_steps=max(1, b.timed_steps // 4),
                    sampling_steps=min(b.sampling_steps, b.T), guided_n_samples=b04.n_samples)

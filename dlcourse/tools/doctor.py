@@ -28,8 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from .cli import Parser, reports_errors
+from ..config import LESSONS
 
-__all__ = ["Check", "Prediction", "LESSON_MODELS", "checks", "predict", "format_report", "main"]
+__all__ = ["Check", "Prediction", "TRAINED_LESSONS", "checks", "predict", "format_report", "main"]
 
 
 @dataclass
@@ -56,15 +57,8 @@ class Prediction:
         return None if self.seconds_per_step is None else self.seconds_per_step * self.train_steps * self.models
 
 
-# lesson -> (model class in dlcourse.models, extra keyword arguments, models the lesson trains)
-LESSON_MODELS: dict[str, tuple[str, dict, int]] = {
-    "01_unet_denoiser": ("UNetDenoiser", {}, 1),
-    "02_ddpm": ("TimeUNet", {}, 1),
-    "03_optimizations": ("UNet", {}, 2),  # the lesson-02 style and the optimised U-Net, same budget each
-    "04_classifier_free_guidance": ("ConditionalUNet", {"context_dim": 5}, 1),
-    "05_clip_conditioning": ("ConditionalUNet", {"context_dim": "clip_embed_dim"}, 1),
-    "assessment": ("ConditionalUNet", {"context_dim": 8}, 1),
-}
+# the lessons that train a model, in course order (what each trains: its Budget's model, models_trained, context_dim)
+TRAINED_LESSONS: tuple[str, ...] = tuple(lesson for lesson, table in LESSONS.items() if table.model is not None)
 
 
 def _torch_build() -> Check:
@@ -143,9 +137,8 @@ def _setup_key(lesson: str, mode_name: str) -> tuple:
     from .. import budget
 
     b = budget(lesson, mode_name)
-    kind, extra, _ = LESSON_MODELS[lesson]
-    extra = {k: getattr(b, v) if isinstance(v, str) else v for k, v in extra.items()}
-    return kind, tuple(b.channels), b.image_size, getattr(b, "T", None), b.batch_size, tuple(sorted(extra.items()))
+    extra = () if b.context_dim is None else (("context_dim", b.context_dim),)
+    return b.model, tuple(b.channels), b.image_size, getattr(b, "T", None), b.batch_size, extra
 
 
 def _time_setup(key: tuple, device: torch.device, seconds: float) -> float | None:
@@ -186,7 +179,7 @@ def _time_setup(key: tuple, device: torch.device, seconds: float) -> float | Non
 
 
 def predict(seconds: float = 10.0, device=None, mode_name: str | None = None, lessons=None) -> list[Prediction]:
-    """One :class:`Prediction` per lesson (``lessons``, default all of ``LESSON_MODELS``) at the budget
+    """One :class:`Prediction` per lesson (``lessons``, default all of ``TRAINED_LESSONS``) at the budget
     ``mode_name`` (default: in force). Lessons with the same set-up share one measurement; each set-up
     gets an equal share of ``seconds`` (at least one warm-up and one timed update, so a set-up whose
     update is slower than its share overruns it once); set-ups left when ``seconds`` is spent are not measured."""
@@ -195,7 +188,7 @@ def predict(seconds: float = 10.0, device=None, mode_name: str | None = None, le
 
     device = torch.device(device) if device is not None else get_device()
     mode_name = mode_name or mode()
-    lessons = list(LESSON_MODELS) if lessons is None else list(lessons)
+    lessons = list(TRAINED_LESSONS) if lessons is None else list(lessons)
     keys = {lesson: _setup_key(lesson, mode_name) for lesson in lessons}
     distinct = list(dict.fromkeys(keys.values()))
     measured: dict[tuple, float | None] = {}
@@ -204,7 +197,7 @@ def predict(seconds: float = 10.0, device=None, mode_name: str | None = None, le
         left = seconds - (time.perf_counter() - start)
         measured[key] = None if left <= 0 else _time_setup(key, device, left / (len(distinct) - i))
     return [Prediction(lesson, f"{keys[lesson][0]}{list(keys[lesson][1])} {keys[lesson][2]}²",
-                       budget(lesson, mode_name).train_steps, LESSON_MODELS[lesson][2], measured[keys[lesson]])
+                       budget(lesson, mode_name).train_steps, LESSONS[lesson].models_trained, measured[keys[lesson]])
             for lesson in lessons]
 
 

@@ -4,7 +4,9 @@ The page shows exactly what the lessons draw and print: every solution cell tagg
 (cell metadata ``tags``) contributes its pictures (PNG, at most ``MAX_PNG_BYTES`` each) and its
 printed text, under the nearest markdown heading above it. Each lesson's section says the budget,
 the machine, the date and the wall time of its run. With ``--update-references`` the reference
-models the notebooks saved (``dlcourse.pretrained.save_reference``) are copied into the package.
+models the notebooks saved (``dlcourse.pretrained.save_reference``) are copied into the package: only
+from the references' own budget (``pretrained.BUDGET``, cpu), and only references whose recorded
+scores reach their floors (``pretrained.REFERENCES``); otherwise nothing is copied.
 
     dlcourse results --budget cpu --update-references     # regenerates docs/results.md + docs/results/
 """
@@ -161,10 +163,25 @@ def _page(figures: Path, budget_note: str) -> str:
 
 
 def _copy_references(source: Path) -> list[str]:
-    from dlcourse.pretrained import WEIGHTS
+    """Copy every reference saved under ``source`` into the package, after checking them all: each must be
+    trained at ``pretrained.BUDGET`` and its recorded scores must reach its floors."""
+    from dlcourse.pretrained import BUDGET, REFERENCES, WEIGHTS
+    from dlcourse.validation import fail
 
+    folders = sorted(p.parent for p in source.glob("*/reference.json"))
+    for folder in folders:
+        info = json.loads((folder / "reference.json").read_text())
+        if folder.name not in REFERENCES:
+            raise fail("--update-references", f"references named one of {sorted(REFERENCES)}", repr(folder.name))
+        missed = REFERENCES[folder.name].missed(info["check"]["scores"])
+        if info["budget"] != BUDGET:
+            missed.insert(0, f"trained at the {info['budget']} budget")
+        if missed:
+            raise fail("--update-references", f"references trained at the {BUDGET} budget that reach their floors "
+                       f"(nothing copied; rerun the lesson at --budget {BUDGET})",
+                       f"{folder / 'reference.json'}: {'; '.join(missed)}")
     copied = []
-    for folder in sorted(p.parent for p in source.glob("*/reference.json")):
+    for folder in folders:
         target = WEIGHTS / folder.name
         if target.exists():
             shutil.rmtree(target)
@@ -180,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     """``dlcourse results``: run lessons at a budget; write ``OUT/results/LESSON.{md,json}`` and PNGs,
     then ``OUT/results.md`` from every lesson's fragment (so one lesson can be rerun alone)."""
     from dlcourse.config import MODES
+    from dlcourse.pretrained import BUDGET
+    from dlcourse.validation import fail
 
     parser = Parser(prog="dlcourse results", description=__doc__.splitlines()[0])
     parser.add_argument("--budget", default="cpu", choices=MODES, help="budget to run the notebooks at (default cpu)")
@@ -189,8 +208,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--page-only", action="store_true",
                         help="run nothing: rebuild results.md from the lessons' saved fragments")
     parser.add_argument("--update-references", action="store_true",
-                        help="copy the reference models the notebooks saved into dlcourse/weights/reference/")
+                        help="copy the reference models the notebooks saved into dlcourse/weights/reference/ "
+                             f"(--budget {BUDGET} only)")
     args = parser.parse_args(argv)
+    if args.update_references and args.budget != BUDGET:
+        raise fail("--update-references", f"--budget {BUDGET}, the budget the shipped references are trained at "
+                   f"(run `dlcourse results --budget {BUDGET} --update-references`)", f"--budget {args.budget}")
     solutions = ROOT / "solutions"
     paths = {}
     for lesson in args.lessons:
