@@ -81,7 +81,8 @@ def test_attention_to_padding_only_has_zero_weights_and_no_nan():
 def test_equal_scores_average_the_values():
     """q = 0 gives equal scores: every query returns the mean of the unmasked values."""
     v = torch.randn(1, 1, 4, 3)
-    out, weights = attention(torch.zeros(1, 1, 2, 3), torch.randn(1, 1, 4, 3), v, torch.tensor([[True, True, False, True]]))
+    mask = torch.tensor([[True, True, False, True]])
+    out, weights = attention(torch.zeros(1, 1, 2, 3), torch.randn(1, 1, 4, 3), v, mask)
     torch.testing.assert_close(weights, torch.tensor([1 / 3, 1 / 3, 0, 1 / 3]).expand(1, 1, 2, 4))
     torch.testing.assert_close(out[0, 0, 0], v[0, 0, [0, 1, 3]].mean(dim=0))
 

@@ -65,7 +65,8 @@ class TextUNet(UNet):
         if c_mask is not None:
             check_float_tensor(c_mask, f"{owner}: c_mask")
             if tuple(c_mask.shape) != (n,):
-                raise fail(f"{owner}: c_mask", f"shape (N,) = ({n},), 1 keeps and 0 drops each prompt", describe(c_mask))
+                raise fail(f"{owner}: c_mask", f"shape (N,) = ({n},), 1 keeps and 0 drops each prompt",
+                           describe(c_mask))
             keep = keep & (c_mask != 0)[:, None]
         return context, keep
 

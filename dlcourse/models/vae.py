@@ -87,7 +87,8 @@ class VAE(nn.Module):
             raise fail("image_size", f"a multiple of 2**len(channels) = {self.factor}", describe(image_size))
         self.encoder = nn.Sequential(
             nn.Conv2d(image_channels, c[0], 3, padding=1),
-            *(layer for i in range(len(c)) for layer in (ResidualBlock(c[max(i - 1, 0)], c[i]), RearrangePool(c[i], c[i]))),
+            *(layer for i in range(len(c))
+              for layer in (ResidualBlock(c[max(i - 1, 0)], c[i]), RearrangePool(c[i], c[i]))),
             ResidualBlock(c[-1], c[-1]),
             make_norm("group", c[-1]), make_activation("gelu"), nn.Conv2d(c[-1], 2 * latent_channels, 3, padding=1),
         )
