@@ -57,6 +57,16 @@ def by_hand(block, x, context=None, mask=None):
 
 # ---- the attention function -------------------------------------------------------------------
 
+def test_attention_errors_name_the_tensor():
+    q = torch.randn(2, 1, 3, 4)
+    with pytest.raises(ValueError, match=r"k: expected a tensor \(N, heads, L, d\)"):
+        attention(q, torch.randn(2, 5, 4), torch.randn(2, 5, 4))
+    with pytest.raises(ValueError, match=r"k, v: expected k and v of one shape \(N, heads, L_k, d\) = \(2, 1, L_k, 4\)"):
+        attention(q, torch.randn(2, 1, 5, 4), torch.randn(2, 1, 6, 4))
+    with pytest.raises(ValueError, match=r"mask: expected a bool tensor \(N, L_k\) = \(2, 5\).*token_ids != 0"):
+        attention(q, torch.randn(2, 1, 5, 4), torch.randn(2, 1, 5, 4), torch.ones(2, 4, dtype=torch.bool))
+
+
 def test_attention_matches_softmax_by_hand():
     q, k, v = torch.randn(2, 3, 4, 5), torch.randn(2, 3, 6, 5), torch.randn(2, 3, 6, 5)
     mask = torch.tensor([[True] * 6, [True, False, True, True, False, False]])
@@ -128,7 +138,7 @@ def test_attention_errors_name_the_argument():
     x = torch.randn(2, 8, 2, 2)
     with pytest.raises(ValueError, match=r"context: expected per-token features \(N, L, context_dim\) = \(2, L, 6\)"):
         block(x, torch.randn(2, 6))
-    with pytest.raises(ValueError, match=r"mask: expected a bool tensor of shape \(N, L\) = \(2, 3\)"):
+    with pytest.raises(ValueError, match=r"mask: expected a bool tensor \(N, L_k\) = \(2, 3\)"):
         block(x, torch.randn(2, 3, 6), torch.ones(2, 3))
     with pytest.raises(ValueError, match="return_weights: expected True or False"):
         block(x, torch.randn(2, 3, 6), return_weights="yes")

@@ -64,6 +64,16 @@ def test_correct_blocks_pass():
     assert check_self_attention(SelfAttention2d).passed and check_cross_attention(CrossAttention).passed
 
 
+def test_the_checks_leave_the_global_random_state_alone():
+    torch.manual_seed(3)
+    expected = torch.rand(3)
+    torch.manual_seed(3)
+    check_self_attention(student())
+    check_cross_attention(student(cross=True))
+    check_reparameterise(reparameterise)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_other_layer_names_pass_when_the_layers_line_up(capsys):
     class Renamed(nn.Module):
         def __init__(self, channels, heads):

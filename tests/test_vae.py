@@ -12,6 +12,7 @@ from dlcourse.data import load_flowers
 from dlcourse.models import (
     LOGVAR_RANGE,
     VAE,
+    TextUNet,
     kl_divergence,
     latent_scale,
     load_model,
@@ -19,6 +20,8 @@ from dlcourse.models import (
     save_model,
     vae_loss,
 )
+from dlcourse.sampling import ddim_sample
+from dlcourse.schedules import Schedule, cosine_betas
 from dlcourse.training import train
 
 
@@ -170,3 +173,22 @@ def test_a_short_training_run_learns_to_reconstruct_flowers():
     after = reconstruction_error(vae)
     assert after < before / 4 and after < mean_image / 2, (before, mean_image, after)
     assert history.losses[-1] < history.losses[0]
+
+
+def test_latents_go_through_the_pixel_sampler_and_decode():
+    """The samplers take any (N, …) shape: DDIM on 8×8×4 latents with a text U-Net, then z = latents / s decoded.
+    x0_mode="none": unit-variance latents are not confined to [−1, 1] as pixels are."""
+    vae = VAE(channels=(8, 16)).eval()
+    model = TextUNet(channels=(8, 16), image_size=8, T=20, context_dim=6, heads=2).eval()
+    schedule = Schedule(cosine_betas(20))
+    context, mask = torch.randn(2, 3, 6), torch.tensor([[True, True, False], [True, False, False]])
+
+    def sample(seed):
+        return ddim_sample(lambda z, t: model(z, t, context, token_mask=mask), schedule, (2, *vae.latent_shape),
+                           steps=4, generator=torch.Generator().manual_seed(seed), progress=False, x0_mode="none")
+
+    latents = sample(0)
+    assert latents.shape == (2, 4, 8, 8) and torch.equal(sample(0), latents) and not torch.equal(sample(1), latents)
+    with torch.no_grad():
+        images = vae.decode(latents / latent_scale(vae.encode(torch.rand(8, 3, 32, 32) * 2 - 1)[0]))
+    assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()

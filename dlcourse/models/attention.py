@@ -34,8 +34,19 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     q (N, heads, L_q, d), k and v (N, heads, L_k, d); ``mask`` (N, L_k) bool, True where a key may be
     attended to (False: padding). Masked keys get exactly zero weight; a row whose keys are all masked
     (a prompt of padding only, the null prompt) has all-zero weights and attends to nothing.
-    Returns the output (N, heads, L_q, d) and the weights (N, heads, L_q, L_k), each row summing to 1.
+    Returns the output (N, heads, L_q, d) and the weights (N, heads, L_q, L_k), each row summing to 1
+    (0 where every key is masked).
     """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if check_float_tensor(t, name).dim() != 4:
+            raise fail(name, "a tensor (N, heads, L, d)", describe(t))
+    if k.shape != v.shape or k.shape[:2] != q.shape[:2] or k.shape[3] != q.shape[3]:
+        raise fail("k, v", f"k and v of one shape (N, heads, L_k, d) = ({q.shape[0]}, {q.shape[1]}, L_k, {q.shape[3]})",
+                   f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool
+                             or tuple(mask.shape) != (k.shape[0], k.shape[2])):
+        raise fail("mask", f"a bool tensor (N, L_k) = ({k.shape[0]}, {k.shape[2]}), True where a key may be attended "
+                   "to (for a prompt: token_ids != 0)", describe(mask))
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
     if mask is None:
         weights = scores.softmax(dim=-1)
@@ -86,6 +97,7 @@ class _Attention2d(nn.Module):
 
     def _attend(self, x: torch.Tensor, context: torch.Tensor | None, mask: torch.Tensor | None,
                 return_weights: bool):
+        check_bool(return_weights, "return_weights")
         n, c, h, w = x.shape
         tokens = self.norm(x).flatten(2).transpose(1, 2)  # (N, H·W, C): position i = row-major pixel i
         source = tokens if context is None else context
@@ -93,7 +105,7 @@ class _Attention2d(nn.Module):
                                  _split_heads(self.to_k(source), self.heads),
                                  _split_heads(self.to_v(source), self.heads), mask)
         out = x + self.proj(_merge_heads(out)).transpose(1, 2).reshape(n, c, h, w)
-        return (out, weights) if check_bool(return_weights, "return_weights") else out
+        return (out, weights) if return_weights else out
 
 
 class SelfAttention2d(_Attention2d):
@@ -134,8 +146,4 @@ class CrossAttention(_Attention2d):
         if context.dim() != 3 or context.shape[0] != x.shape[0] or context.shape[2] != self.context_dim:
             raise fail(f"{owner}: context", f"per-token features (N, L, context_dim) = ({x.shape[0]}, L, "
                        f"{self.context_dim})", describe(context))
-        if mask is not None and (not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool
-                                 or tuple(mask.shape) != tuple(context.shape[:2])):
-            raise fail(f"{owner}: mask", f"a bool tensor of shape (N, L) = {tuple(context.shape[:2])}, True for "
-                       "words and False for padding (e.g. token_ids != 0)", describe(mask))
         return self._attend(x, context.to(x.dtype), mask, return_weights)
