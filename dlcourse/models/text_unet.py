@@ -27,10 +27,13 @@ class TextUNet(UNet):
         h ← CrossAttention_ℓ(h + e_t, y, mask)   (``heads`` heads, output projection zero at first);
 
     the other levels get h + e_t as in :class:`UNet`, whose lesson-03 switches this model keeps.
-    ``token_mask`` (N, L) bool marks words (True) and padding (False); ``c_mask`` (N,) drops whole
-    prompts for classifier-free guidance as in ``ConditionalUNet`` (0 drops, masking every token:
-    the null prompt, so the same network learns the unconditional ε_θ(x_t, t)); ``context=None`` is the
-    null prompt for the whole batch. ``attention_heads`` adds self-attention as in :class:`UNet`.
+    ``token_mask`` (N, L) bool marks words (True) and padding (False). Without it a token whose features
+    are all zero is padding: the course's null context is the zero vector, so with its padding zeroed,
+    y · mask[..., None], a prompt goes through ``guided_eps_fn(model, y, w)`` unchanged (its null half is all
+    padding). ``c_mask`` (N,) drops whole prompts for classifier-free guidance as in ``ConditionalUNet``
+    (0 drops, masking every token: the null prompt, so the same network learns the unconditional
+    ε_θ(x_t, t)); ``context=None`` is the null prompt for the whole batch. A prompt of padding only
+    attends to nothing. ``attention_heads`` adds self-attention as in :class:`UNet`.
     ``image_channels`` defaults to 4 and ``image_size`` to 8: latents of a 32×32 image through ``VAE``.
     """
 
@@ -50,13 +53,13 @@ class TextUNet(UNet):
         if context is None:
             if token_mask is not None:
                 raise fail(f"{owner}: token_mask", "None when context is None (the null prompt)", describe(token_mask))
-            context, token_mask = x.new_zeros(n, 1, self.context_dim), x.new_zeros(n, 1, dtype=torch.bool)
+            context = x.new_zeros(n, 1, self.context_dim)
         check_float_tensor(context, f"{owner}: context")
         if context.dim() != 3 or context.shape[0] != n or context.shape[2] != self.context_dim:
             raise fail(f"{owner}: context", f"per-token features (N, L, context_dim) = ({n}, L, {self.context_dim})",
                        describe(context))
         if token_mask is None:
-            token_mask = context.new_ones(context.shape[:2], dtype=torch.bool)
+            token_mask = context.ne(0).any(dim=-1)  # all-zero features: padding
         elif (not isinstance(token_mask, torch.Tensor) or token_mask.dtype != torch.bool
               or token_mask.shape != context.shape[:2]):
             raise fail(f"{owner}: token_mask", f"a bool tensor (N, L) = {tuple(context.shape[:2])}, True for words "
