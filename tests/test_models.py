@@ -285,7 +285,7 @@ def test_config_includes_defaults_and_rebuilds():
     assert model.config == {
         "name": "unet", "image_channels": 3, "channels": [8, 16], "image_size": 16, "T": 1000, "norm": "group",
         "activation": "gelu", "pool": "rearrange", "time_embedding": "sinusoidal", "residual": True,
-        "upsample": "nearest",
+        "upsample": "nearest", "attention_heads": 0,
     }
     assert TimeUNet(channels=TINY, image_size=16).config["name"] == "time_unet"  # subclass keeps its own name
     rebuilt = build(model.config)

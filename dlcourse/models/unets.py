@@ -5,6 +5,7 @@ For ``channels = (c_0, …, c_{L−1})`` and an image of size S:
     stem      conv 3×3 → norm → act               image_channels → c_0   at S
     down_i    DownBlock(c_{i−1}, c_i)  (c_{−1} = c_0)                    → S/2^(i+1)
     bottleneck two convs c_{L−1} → c_{L−1} at the lowest resolution S/2^L
+               (then a SelfAttention2d with ``attention_heads`` ≥ 1, lesson 06)
     up_i      UpBlock(2·c_i, c_{i−1})  for i = L−1 … 0: h and the skip of down_i
     head      cat(h, stem) → conv → norm → act → conv 3×3 → image_channels
 
@@ -17,9 +18,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from dlcourse.validation import (check_bool, check_float_tensor, check_images, check_positive_int, check_timesteps,
-                                 describe, fail, is_int)
+from dlcourse.validation import (check_bool, check_float_tensor, check_images, check_int, check_positive_int,
+                                 check_timesteps, describe, fail, is_int)
 
+from .attention import SelfAttention2d
 from .blocks import (
     DownBlock,
     EmbedMLP,
@@ -70,6 +72,7 @@ class _UNetSkeleton(nn.Module):
             nn.Conv2d(2 * c[0], c[0], 3, padding=1), make_norm(norm, c[0]), make_activation(activation),
             nn.Conv2d(c[0], image_channels, 3, padding=1),
         )
+        self.attention: SelfAttention2d | None = None  # after the bottleneck; set by UNet(attention_heads=k)
 
     @property
     def decoder_channels(self) -> list[int]:
@@ -93,7 +96,8 @@ class _UNetSkeleton(nn.Module):
             if modulate_down is not None:
                 h = modulate_down(i, h)
             skips.append(h)
-        return first, self.bottleneck(h), skips
+        h = self.bottleneck(h)
+        return first, h if self.attention is None else self.attention(h), skips
 
     def _decode(self, x: torch.Tensor, modulate=None, modulate_down=None) -> torch.Tensor:
         """Run the U-Net; ``modulate(level, h)`` (level 0 = deepest) transforms h before each up block,
@@ -133,7 +137,10 @@ class UNet(_UNetSkeleton):
       of t, then EmbedMLP);
     - ``residual``: two plain convs or a ResidualBlock in every block;
     - ``upsample``: "transpose" (ConvTranspose2d k=2 s=2, may leave checkerboard
-      artifacts) or "nearest" (nearest-neighbour ×2 + conv 3×3, the fix).
+      artifacts) or "nearest" (nearest-neighbour ×2 + conv 3×3, the fix);
+    - ``attention_heads`` (lesson 06): 0 adds nothing (lessons 02–05); k ≥ 1 adds a
+      ``SelfAttention2d`` with k heads after the bottleneck, at the lowest resolution. Its output
+      projection starts at zero, so it starts as the identity.
 
     The time embedding e_t (one value per channel, one EmbedMLP per level) is added to
     the decoder features before each up block. With the lesson-02 switches
@@ -142,10 +149,13 @@ class UNet(_UNetSkeleton):
 
     def __init__(self, image_channels: int = 3, channels=(64, 128, 256), image_size: int = 32, T: int = 1000,
                  norm: str = "group", activation: str = "gelu", pool: str = "rearrange",
-                 time_embedding: str = "sinusoidal", residual: bool = True, upsample: str = "nearest"):
+                 time_embedding: str = "sinusoidal", residual: bool = True, upsample: str = "nearest",
+                 attention_heads: int = 0):
         super().__init__(image_channels, channels, image_size, norm=norm, activation=activation, pool=pool,
                          residual=residual, upsample=upsample)
         self.T = check_positive_int(T, "T")
+        self.attention_heads = check_int(attention_heads, "attention_heads", low=0,
+                                         expected="an int >= 0 (0: no self-attention)")
         _check_choice(time_embedding, "time_embedding", TIME_EMBEDDINGS)
         self.time_embedding = time_embedding
         if time_embedding == "sinusoidal":
@@ -154,6 +164,8 @@ class UNet(_UNetSkeleton):
         else:
             time_dim = 1
         self.time_mlps = nn.ModuleList(EmbedMLP(time_dim, ch) for ch in self.decoder_channels)
+        if attention_heads:  # built after the time MLPs: a UNet's other layers start as they would without it
+            self.attention = SelfAttention2d(self.channels[-1], attention_heads)
 
     def _check_t(self, t, n: int) -> None:
         """t: one step index per image in {0, …, T−1} (range read only where it costs no device sync)."""
@@ -200,14 +212,16 @@ class ConditionalUNet(UNet):
     ``condition_encoder=True`` applies the same modulation, with MLPs of its own, to the output of
     every down block too. Off by default: on the CPU budget it did not raise lesson 04's class
     accuracy (55–91 % at w = 0–5 with it, 65–94 % without; 200 samples each, docs/cpu_budget.md).
+    ``attention_heads`` as in :class:`UNet`.
     """
 
     def __init__(self, image_channels: int = 3, channels=(64, 128, 256), image_size: int = 32, T: int = 1000,
                  context_dim: int = 5, norm: str = "group", activation: str = "gelu", pool: str = "rearrange",
                  time_embedding: str = "sinusoidal", residual: bool = True, upsample: str = "nearest",
-                 condition_encoder: bool = False):
+                 condition_encoder: bool = False, attention_heads: int = 0):
         super().__init__(image_channels, channels, image_size, T, norm=norm, activation=activation, pool=pool,
-                         time_embedding=time_embedding, residual=residual, upsample=upsample)
+                         time_embedding=time_embedding, residual=residual, upsample=upsample,
+                         attention_heads=attention_heads)
         self.context_dim = check_positive_int(context_dim, "context_dim")
         self.context_mlps = nn.ModuleList(EmbedMLP(context_dim, 2 * ch) for ch in self.decoder_channels)
         self.condition_encoder = check_bool(condition_encoder, "condition_encoder")
