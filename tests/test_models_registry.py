@@ -1,4 +1,5 @@
-"""load_model treats config.json and model.safetensors as untrusted: check first, allocate after."""
+"""dlcourse.models.registry: load_model treats config.json and model.safetensors as untrusted (check first,
+allocate after), under the library's limits and the grader's stricter ones."""
 from __future__ import annotations
 
 import json
@@ -8,7 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dlcourse.models import UNetDenoiser, load_model, registry, save_model
+from dlcourse.grading import SubmissionError
+from dlcourse.grading.assessment import CONTEXT_DIM, MODEL_LIMITS
+from dlcourse.grading.model import load_submission_model
+from dlcourse.models import ConditionalUNet, ReadLimits, UNetDenoiser, load_model, registry, save_model
 from dlcourse.models.registry import register
 
 
@@ -106,3 +110,120 @@ def test_a_huge_header_length_is_refused_before_reading(saved, header_length):
     (saved / "model.safetensors").write_bytes(struct.pack("<Q", header_length) + data[8:])
     with pytest.raises(ValueError, match="header of at most"):
         load_model(saved)
+
+
+# ------------------------------------------------------------------ one reader, two policies
+# the library's limits through load_model; the grader's through its edge (SubmissionError naming files, not paths)
+POLICIES = {"library": (ReadLimits(), load_model, ValueError),
+            "grader": (MODEL_LIMITS, load_submission_model, SubmissionError)}
+
+
+@pytest.fixture
+def honest(tmp_path):
+    torch.manual_seed(0)
+    return save_model(ConditionalUNet(channels=[8], image_size=16, T=20, context_dim=CONTEXT_DIM), tmp_path / "m")
+
+
+def change_config(folder, **change):
+    write_config(folder, {**json.loads((folder / "config.json").read_text()), **change})
+
+
+def change_tensors(folder, change):
+    tensors = load_file(folder / "model.safetensors")
+    change(tensors)
+    save_file(tensors, folder / "model.safetensors")
+
+
+def first_float(tensors):
+    return next(v for v in tensors.values() if v.is_floating_point()).view(-1)
+
+
+def change_entries(folder, change):
+    """Apply ``change`` to the header's tensor entries (sorted by offset) and write it back before the same data."""
+    path = folder / "model.safetensors"
+    data = path.read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    change(sorted((v for k, v in header.items() if k != "__metadata__"), key=lambda e: e["data_offsets"]))
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + n:])
+
+
+def shift(entry, by):
+    entry["data_offsets"] = [o + by for o in entry["data_offsets"]]
+
+
+def write_weights(folder, change):
+    path = folder / "model.safetensors"
+    path.write_bytes(change(path.read_bytes()))
+
+
+def grow(folder, size):
+    with open(folder / "model.safetensors", "r+b") as f:
+        f.truncate(size)  # sparse: nothing is written, and the reader must refuse it before reading
+
+
+HOSTILE = [  # (how the folder is spoiled under limits, what the refusal names: one phrase or one per policy)
+    pytest.param(lambda f, limits: write_weights(f, lambda d: struct.pack("<Q", limits.header_bytes + 1) + d[8:]),
+                 "header of at most", id="oversize header"),
+    pytest.param(lambda f, limits: grow(f, limits.file_bytes + 1), "a file of at most", id="oversize file"),
+    pytest.param(lambda f, limits: change_entries(f, lambda e: shift(e[1], -4)), "tile the data",
+                 id="overlapping offsets"),
+    pytest.param(lambda f, limits: change_entries(f, lambda e: shift(e[-1], 4)), "fit its shape and the file",
+                 id="offsets out of range"),
+    pytest.param(lambda f, limits: write_weights(f, lambda d: d + bytes(16)), "covering all",
+                 id="offsets not covering"),
+    pytest.param(lambda f, limits: write_weights(f, lambda d: d[: len(d) // 2]), "truncated", id="truncated file"),
+    pytest.param(lambda f, limits: change_tensors(f, lambda t: t.update({k: v.double() for k, v in t.items()})),
+                 "'dtype': 'F64'", id="float64"),
+    pytest.param(lambda f, limits: change_tensors(f, lambda t: t.update({k: v.int() for k, v in t.items()})),
+                 "dtype I32", id="int32"),
+    pytest.param(lambda f, limits: change_tensors(f, lambda t: first_float(t).__setitem__(0, float("nan"))),
+                 "NaN or Inf", id="NaN"),
+    pytest.param(lambda f, limits: change_tensors(f, lambda t: first_float(t).__setitem__(0, float("-inf"))),
+                 "NaN or Inf", id="inf"),
+    pytest.param(lambda f, limits: change_config(f, name="evil_net"),
+                 {"library": "one of the registered architectures", "grader": "'evil_net', which is not accepted"},
+                 id="unknown architecture"),
+    pytest.param(lambda f, limits: change_config(f, channels=[16]), r"has shape \[8\], the architecture needs \[16\]",
+                 id="shape mismatch"),
+    # 77 M parameters: the grader's cap refuses the config; the library has no cap and refuses it because
+    # the weights do not hold them (nothing is allocated either way)
+    pytest.param(lambda f, limits: change_config(f, channels=[512] * 4),
+                 {"library": "weights matching the architecture", "grader": "at most 10,000,000 parameters"},
+                 id="too many parameters"),
+    pytest.param(lambda f, limits: write_config(f, [1, 2]), "expected a JSON object", id="config not an object"),
+    pytest.param(lambda f, limits: (f / "config.json").write_text("[" * 30_000 + "]" * 30_000), "valid JSON",
+                 id="deep JSON"),
+    pytest.param(lambda f, limits: change_config(f, channels=[[[[[[[[[[8]]]]]]]]]]), "levels of nesting",
+                 id="deep config"),
+    pytest.param(lambda f, limits: change_config(f, pad="x" * limits.config_bytes), "a config of at most",
+                 id="oversize config"),
+]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_an_honest_model_loads_the_same_under_both_policies(honest, policy):
+    _, read, _ = POLICIES[policy]
+    saved = load_file(honest / "model.safetensors")
+    model = read(honest)
+    assert not model.training and model.config == json.loads((honest / "config.json").read_text())
+    state = model.state_dict()
+    assert state.keys() == saved.keys() and all(torch.equal(state[k], v) for k, v in saved.items())
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("spoil, names", HOSTILE)
+def test_each_hostile_file_is_refused_under_both_policies(honest, policy, spoil, names):
+    limits, read, error_type = POLICIES[policy]
+    spoil(honest, limits)
+    with pytest.raises(error_type, match=names if isinstance(names, str) else names[policy]) as error:
+        read(honest)
+    if policy == "grader":  # it names the student's files, never the grader's paths
+        assert str(honest) not in str(error.value) and len(str(error.value)) < 300
+
+
+def test_the_grader_names_a_missing_file_and_how_to_write_it(honest):
+    (honest / "model.safetensors").unlink()
+    with pytest.raises(SubmissionError, match=r"^model.safetensors: missing \(save the model with .*export\)"):
+        load_submission_model(honest)
