@@ -23,10 +23,11 @@ import torch
 from ..data.flowers import _CLASS_PETALS, CLASSES, PETAL_COLOURS
 from ..files import write_atomically
 from ..guidance import one_hot
+from ..models.registry import CONFIG_FILE, WEIGHTS_FILE, ReadLimits, load_model, save_model
 from ..schedules import Schedule, scaled_linear_betas
 from ..validation import check_real, describe, fail
 
-__all__ = ["CONTEXT_DIM", "PAIRS", "NOTEBOOK_FILE", "ANSWERS_FILE", "W_RANGE", "flower_context",
+__all__ = ["CONTEXT_DIM", "PAIRS", "NOTEBOOK_FILE", "ANSWERS_FILE", "W_RANGE", "MODEL_LIMITS", "flower_context",
            "assessment_schedule", "export", "check_submission"]
 
 CONTEXT_DIM = len(CLASSES) + len(PETAL_COLOURS)
@@ -37,6 +38,13 @@ PAIRS: tuple[tuple[int, int], ...] = tuple(
 NOTEBOOK_FILE = "assessment.ipynb"
 ANSWERS_FILE = "answers.json"
 W_RANGE = (-1.0, 10.0)
+# what the grader (and check_submission) accepts as the student's model: a ConditionalUNet of at most
+# 4 levels, 512 channels and 10 M parameters for this context and these image sizes, in a small file
+MODEL_LIMITS = ReadLimits(
+    header_bytes=2**20, file_bytes=64 * 2**20, architectures=("cond_unet",), max_levels=4, max_width=512,
+    max_parameters=10_000_000,
+    arguments={"T": range(10, 1001), "context_dim": (CONTEXT_DIM,), "image_channels": (3,), "image_size": (16, 32)},
+)
 
 
 def flower_context(labels: torch.Tensor, colours: torch.Tensor) -> torch.Tensor:
@@ -55,17 +63,13 @@ def _check_w(w) -> float:
 
 def check_submission(folder: str | os.PathLike) -> list[str]:
     """Problems that would stop the grader reading ``folder`` (empty list: ready to hand in)."""
-    from ..models.registry import CONFIG_FILE, WEIGHTS_FILE
-
     folder = Path(folder)
     problems = [f"{folder / name}: missing" for name in (NOTEBOOK_FILE, CONFIG_FILE, WEIGHTS_FILE, ANSWERS_FILE)
                 if not (folder / name).is_file()]
     if problems:
         return problems
     try:
-        from .model import load_submission_model
-
-        load_submission_model(folder)
+        load_model(folder, limits=MODEL_LIMITS)
         answers = json.loads((folder / ANSWERS_FILE).read_text(encoding="utf-8"))
         _check_w(answers.get("w"))
     except (ValueError, OSError) as error:
@@ -80,8 +84,6 @@ def export(folder: str | os.PathLike, model: torch.nn.Module, *, w: float, noteb
     ``w`` is the guidance weight the grader samples with; ``answers`` maps question ids to short text.
     Checks the folder as the grader will and raises ValueError listing every problem.
     """
-    from ..models.registry import save_model
-
     w = _check_w(w)
     notebook = Path(notebook)
     if not notebook.is_file() or notebook.suffix != ".ipynb":

@@ -6,24 +6,28 @@ A saved model is a folder with two files:
 - ``model.safetensors``: the ``state_dict`` as plain tensors (no pickle, so loading
   a stranger's model cannot run their code).
 
-``load_model`` treats both files as untrusted: the config is size- and depth-capped,
-the architecture is first built on the ``meta`` device (no memory) and its tensor
-shapes compared with the safetensors header (read alone, size-capped), and only
-then is anything allocated; int/float64 tensors where the model has float ones,
-and NaN/Inf weights, are refused rather than cast.
+``load_model`` treats both files as untrusted and is the one reader of the format (the
+grader reads students' models with it, under stricter ``ReadLimits``): the config is size-
+and depth-capped, the weights file size-capped and read once; the safetensors header is
+checked (dtypes, shapes, offsets that tile the data) and the architecture first built on
+the ``meta`` device (no memory) and compared with it, and only then is anything allocated;
+int/float64 tensors where the model has float ones, and NaN/Inf weights, are refused
+rather than cast.
 """
 from __future__ import annotations
 
 import functools
 import inspect
 import json
-import math
 import os
 import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load, save_file
 from torch import nn
 
 from dlcourse.files import write_atomically
@@ -32,9 +36,6 @@ from dlcourse.validation import describe, fail, is_int
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
-MAX_CONFIG_BYTES = 64 * 2**10
-MAX_CONFIG_DEPTH = 8
-MAX_HEADER_BYTES = 16 * 2**20
 _ECHO = 200  # characters of untrusted input an error message may quote
 
 # safetensors dtype names of the dtypes a saved model may hold, with their sizes in bytes
@@ -48,6 +49,7 @@ _REGISTRY: dict[str, type[nn.Module]] = {}
 __all__ = [
     "CONFIG_FILE",
     "WEIGHTS_FILE",
+    "ReadLimits",
     "register",
     "registered",
     "build",
@@ -55,6 +57,25 @@ __all__ = [
     "load_model",
     "count_parameters",
 ]
+
+
+@dataclass(frozen=True)
+class ReadLimits:
+    """What ``load_model`` accepts from a saved folder; the defaults are the library's policy.
+
+    ``None`` means unlimited. ``max_levels`` / ``max_width`` bound ``config["channels"]`` (its length,
+    each width); ``arguments`` maps a config key to the ints it may hold (a ``range`` or a tuple).
+    """
+
+    config_bytes: int = 64 * 2**10
+    config_depth: int = 8
+    header_bytes: int = 16 * 2**20
+    file_bytes: int = 2 * 2**30
+    architectures: tuple[str, ...] | None = None
+    max_levels: int | None = None
+    max_width: int | None = None
+    max_parameters: int | None = None
+    arguments: Mapping[str, Sequence[int]] = field(default_factory=dict)
 
 
 def register(name: str):
@@ -159,43 +180,84 @@ def _depth(value) -> int:
     return 0
 
 
-def _read_config(path: Path) -> dict:
-    """The config dict of a saved model: at most MAX_CONFIG_BYTES, MAX_CONFIG_DEPTH levels, a string name."""
+def _at_most(value: int, limit: int | None) -> bool:
+    return limit is None or value <= limit
+
+
+def _allowed(values: Sequence[int]) -> str:
+    """The values an argument may take, as an error message names them."""
+    if isinstance(values, range):
+        return f"an int in [{values.start}, {values.stop - 1}]"
+    return f"one of {list(values)}"
+
+
+def _read_config(path: Path, limits: ReadLimits) -> dict:
+    """The config dict of a saved model, within ``limits``: bytes, nesting, architecture, channels, arguments."""
     size = path.stat().st_size
-    if size > MAX_CONFIG_BYTES:
-        raise fail(str(path), f"a config of at most {MAX_CONFIG_BYTES} bytes", f"{size} bytes")
+    if size > limits.config_bytes:
+        raise fail(str(path), f"a config of at most {limits.config_bytes} bytes", f"{size} bytes")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError, RecursionError) as error:
         raise fail(str(path), "valid JSON", f"a parse error: {str(error)[:_ECHO]}") from None
     if not isinstance(config, dict):
         raise fail(str(path), 'a JSON object {"name": ..., arguments...}', f"a JSON {type(config).__name__}")
-    if _depth(config) > MAX_CONFIG_DEPTH:
-        raise fail(str(path), f"at most {MAX_CONFIG_DEPTH} levels of nesting", f"{_depth(config)} levels")
-    if not isinstance(config.get("name"), str):
-        raise fail(f"{path}: name", f"a string, one of {registered()}", describe(config.get("name"))[:_ECHO])
+    if _depth(config) > limits.config_depth:
+        raise fail(str(path), f"at most {limits.config_depth} levels of nesting", f"{_depth(config)} levels")
+    name = config.get("name")
+    if not isinstance(name, str):
+        raise fail(f"{path}: name", f"a string, one of {registered()}", describe(name)[:_ECHO])
+    if limits.architectures is not None and name not in limits.architectures:
+        raise fail(f"{path}: name", f"an architecture on the allow-list {list(limits.architectures)}",
+                   f"{name[:_ECHO]!r}, which is not accepted")
+    channels = config.get("channels")
+    if (limits.max_levels, limits.max_width) != (None, None) and not (
+            isinstance(channels, list) and 1 <= len(channels) and _at_most(len(channels), limits.max_levels)
+            and all(is_int(c, 1) and _at_most(c, limits.max_width) for c in channels)):
+        raise fail(f"{path}: channels", f"a list of 1 to {limits.max_levels} widths, each an int in "
+                   f"[1, {limits.max_width}]", str(channels)[:_ECHO])
+    for key, values in limits.arguments.items():
+        if not (is_int(config.get(key)) and config[key] in values):
+            raise fail(f"{path}: {key}", _allowed(values), str(config.get(key))[:_ECHO])
     return config
 
 
-def _read_header(path: Path) -> dict[str, tuple[str, list[int]]]:
-    """``{key: (dtype name, shape)}`` from a safetensors header, read alone and checked against the file size."""
+def _numel(shape: list[int], most: int) -> int:
+    """Elements of a tensor of ``shape``, or ``most + 1`` once that is passed (a hostile shape stays cheap)."""
+    if 0 in shape:
+        return 0
+    count = 1
+    for d in shape:
+        count *= d
+        if count > most:
+            return most + 1
+    return count
+
+
+def _read_weights(path: Path, limits: ReadLimits) -> tuple[bytes, dict[str, tuple[str, list[int]]]]:
+    """The file's bytes (read once) and its header ``{key: (dtype name, shape)}``, checked before any
+    tensor is parsed: file and header sizes, dtypes, and offsets that fit each shape and tile the data."""
     size = path.stat().st_size
-    with open(path, "rb") as f:
-        prefix = f.read(8)
-        if len(prefix) < 8:
-            raise fail(str(path), "a safetensors file", f"{size} bytes")
-        (n,) = struct.unpack("<Q", prefix)
-        if n > min(MAX_HEADER_BYTES, size - 8):
-            raise fail(str(path), f"a safetensors header of at most {MAX_HEADER_BYTES} bytes within the file",
-                       f"a header length of {n}")
-        try:
-            header = json.loads(f.read(n).decode("utf-8"))
-        except (ValueError, UnicodeDecodeError, RecursionError) as error:
-            raise fail(str(path), "a safetensors file (JSON header)", str(error)[:_ECHO]) from None
+    if size <= limits.file_bytes:
+        with open(path, "rb") as f:
+            data = f.read(limits.file_bytes + 1)  # one more byte: the file may have grown since stat
+        size = len(data)
+    if size > limits.file_bytes:
+        raise fail(str(path), f"a file of at most {limits.file_bytes} bytes", f"{size} bytes")
+    if size < 8:
+        raise fail(str(path), "a safetensors file", f"{size} bytes")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > min(limits.header_bytes, size - 8):
+        raise fail(str(path), f"a safetensors header of at most {limits.header_bytes} bytes within the file",
+                   f"a header length of {n}")
+    try:
+        header = json.loads(data[8:8 + n].decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as error:
+        raise fail(str(path), "a safetensors file (JSON header; never torch.save)", str(error)[:_ECHO]) from None
     if not isinstance(header, dict):
         raise fail(str(path), "a safetensors header (a JSON object)", type(header).__name__)
-    sizes = dict(_DTYPES.values())
-    entries = {}
+    sizes, data_bytes = dict(_DTYPES.values()), size - 8 - n
+    entries, spans = {}, []
     for key, entry in header.items():
         if key == "__metadata__":
             continue
@@ -207,10 +269,21 @@ def _read_header(path: Path) -> dict[str, tuple[str, list[int]]]:
             raise fail(f"{path}: {key[:80]!r}", f"a tensor entry of a dtype in {sorted(sizes)} with a shape and "
                        "offsets", str(entry)[:_ECHO])
         begin, end = entry["data_offsets"]
-        if not 0 <= begin <= end <= size - 8 - n or end - begin != math.prod(entry["shape"]) * sizes[entry["dtype"]]:
-            raise fail(f"{path}: {key[:80]!r}", "data offsets that fit its shape and the file", str(entry)[:_ECHO])
+        if not (0 <= begin <= end <= data_bytes
+                and end - begin == _numel(entry["shape"], data_bytes) * sizes[entry["dtype"]]):
+            raise fail(f"{path}: {key[:80]!r}", "data offsets that fit its shape and the file (truncated?)",
+                       str(entry)[:_ECHO])
         entries[key] = (entry["dtype"], entry["shape"])
-    return entries
+        spans.append((begin, end, key))
+    covered = 0
+    for begin, end, key in sorted(spans):
+        if begin != covered:
+            raise fail(str(path), "tensors whose data offsets tile the data (no overlaps, no gaps)",
+                       f"{key[:80]!r} starts at byte {begin}, the tensor before it ends at byte {covered}")
+        covered = end
+    if covered != data_bytes:
+        raise fail(str(path), f"tensors covering all {data_bytes} data bytes", f"tensors ending at byte {covered}")
+    return data, entries
 
 
 def _compare(expected: dict[str, torch.Tensor], header: dict, path: Path) -> None:
@@ -232,11 +305,13 @@ def _compare(expected: dict[str, torch.Tensor], header: dict, path: Path) -> Non
                    "(float32/float16/bfloat16 for float tensors)", problem)
 
 
-def load_model(folder: str | os.PathLike, device: str | torch.device | None = None) -> nn.Module:
+def load_model(folder: str | os.PathLike, device: str | torch.device | None = None, *,
+               limits: ReadLimits = ReadLimits()) -> nn.Module:
     """Rebuild the model saved in ``folder`` and load its weights (safetensors only, never pickle).
 
-    ``device=None`` loads on the CPU. The model is returned in eval mode. Nothing is
-    allocated before the config and the weights' header were checked against each other.
+    ``device=None`` loads on the CPU. The model is returned in eval mode. Both files are checked
+    against ``limits`` (the grader passes stricter ones), and the config and the weights' header
+    against each other, before anything is allocated; every refusal is a ValueError naming the problem.
     """
     folder = Path(folder)
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
@@ -244,19 +319,26 @@ def load_model(folder: str | os.PathLike, device: str | torch.device | None = No
         if not path.is_file():
             raise FileNotFoundError(f"{path}: file not found (a saved model folder holds {CONFIG_FILE} and {WEIGHTS_FILE}; "
                                     "write one with dlcourse.models.save_model(model, folder))")
-    config = _read_config(config_path)
-    header = _read_header(weights_path)
+    config = _read_config(config_path, limits)
+    data, header = _read_weights(weights_path, limits)
     try:
         with torch.device("meta"):
             skeleton = build(config)
     except (RuntimeError, OverflowError, MemoryError) as error:
         raise fail(str(config_path), "an architecture of a buildable size", str(error)[:_ECHO]) from None
+    n = count_parameters(skeleton)
+    if not _at_most(n, limits.max_parameters):
+        raise fail(str(config_path), f"an architecture of at most {limits.max_parameters:,} parameters", f"{n:,}")
     _compare(skeleton.state_dict(), header, weights_path)
     del skeleton
-    state = load_file(str(weights_path), device="cpu")
+    try:
+        state = load(data)
+    except SafetensorError as error:
+        raise fail(str(weights_path), "a readable safetensors file", str(error)[:_ECHO]) from None
+    del data
     for key, tensor in state.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise fail(f"{weights_path}: {key!r}", "finite weights", "NaN or Inf values")
+            raise fail(f"{weights_path}: {key!r}", "finite weights", "NaN or Inf values (did training diverge?)")
     model = build(config)
     model.load_state_dict(state, strict=True)
     return model.to(device if device is not None else "cpu").eval()
