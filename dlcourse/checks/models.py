@@ -26,7 +26,7 @@ from dlcourse.models import (
 
 from dlcourse.validation import describe
 
-from .core import CheckResult, _seeded, check_module, compare
+from .core import CheckResult, check_module, compare, failure, run_student, seeded
 
 __all__ = [
     "check_down_block",
@@ -309,7 +309,7 @@ def check_time_unet(cls) -> CheckResult:
                 return ("e_t = self.time_mlps[level](...) has shape (N, c): add it as e_t[:, :, None, None], shape "
                         "(N, c, 1, 1), so that every pixel of channel c gets the same value.")
             return None
-        reference = _seeded(TimeUNet, _TIME_UNET_CONFIGS[x.shape[1]], 0).to(x.device).train()
+        reference = seeded(TimeUNet, _TIME_UNET_CONFIGS[x.shape[1]], 0).to(x.device).train()
         with torch.no_grad():
             for hint, wrong in _time_unet_variants(reference, x, t).items():
                 if wrong.shape == student_out.shape and torch.allclose(student_out, wrong, atol=1e-5):
@@ -357,7 +357,7 @@ def check_unet(cls) -> CheckResult:
             if "channels" in text:
                 return channel_hint
             return None
-        reference = _seeded(UNetDenoiser, _UNET_CONFIGS[x.shape[1]], 0).to(x.device).train()
+        reference = seeded(UNetDenoiser, _UNET_CONFIGS[x.shape[1]], 0).to(x.device).train()
         with torch.no_grad():
             variants = {
                 "the up blocks got h as their own skip: pass the output of the matching down block, skips.pop().":
@@ -415,31 +415,23 @@ def check_train_step(fn) -> CheckResult:
     name = "train_step"
     x0 = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(4)) * 2 - 1
     beta = 0.5
-    try:
-        returned, weights = _run_steps(fn, x0, beta)
-    except NotImplementedError as error:
-        raise AssertionError(f"❌ {name}: fill in the exercise first — the code still raises NotImplementedError "
-                             "(replace the placeholder with your implementation and run the cell again).") from error
-    except Exception as error:  # noqa: BLE001 - any learner error is reported, with the original chained
-        raise AssertionError(f"❌ {name}: your code raised {_error_text(error)}") from error
+    returned, weights = run_student(_run_steps, (fn, x0, beta), name)
     expected, expected_weights = _run_steps(_train_step, x0, beta)
     first = returned[0]
     if isinstance(first, torch.Tensor):
         graph = " that still holds its graph (requires_grad=True)" if first.requires_grad else ""
-        raise AssertionError(
-            f"❌ {name}: returned a tensor{graph}, expected a float\n   Hint: return loss.item(). Appended to "
-            "losses, the tensor would keep every step's computation graph alive (memory grows each step) "
-            "and the plots would need .detach().")
+        raise failure(name, f"returned a tensor{graph}, expected a float",
+                      "return loss.item(). Appended to losses, the tensor would keep every step's computation graph "
+                      "alive (memory grows each step) and the plots would need .detach().")
     if not isinstance(first, float):
-        raise AssertionError(f"❌ {name}: returned {describe(first)}, expected the loss as a float\n"
-                             "   Hint: end with return loss.item().")
+        raise failure(name, f"returned {describe(first)}, expected the loss as a float", "end with return loss.item().")
     if abs(first - expected[0]) > 1e-5:
         noisy_target, _ = _run_steps(lambda *a: _train_step(*a, target="noisy"), x0, beta, 1)
         hint = ("the target is the noisy image: the network should predict the clean batch, "
                 "F.mse_loss(model(x_noisy), x0)." if abs(first - noisy_target[0]) < 1e-5 else
                 "corrupt x0 with add_noise(x0, beta) (one torch.randn_like draw), predict with model(x_noisy) and "
                 "compare with the clean x0 by F.mse_loss.")
-        raise AssertionError(f"❌ {name}: the first loss is {first:.6f}, the reference {expected[0]:.6f}\n   Hint: {hint}")
+        raise failure(name, f"the first loss is {first:.6f}, the reference {expected[0]:.6f}", hint)
     worst = max(abs(a - b) for a, b in zip(returned, expected))
     same_weights = all(torch.allclose(p, q, atol=1e-6) for p, q in zip(weights, expected_weights))
     if worst > 1e-5 or not same_weights:
@@ -457,8 +449,7 @@ def check_train_step(fn) -> CheckResult:
                     and all(torch.allclose(p, q, atol=1e-6) for p, q in zip(weights, wrong_weights))):
                 hint = text
                 break
-        raise AssertionError(f"❌ {name}: the losses of three steps are {[round(v, 6) for v in returned]}, the "
-                             f"reference {[round(v, 6) for v in expected]}\n   Hint: {hint}")
+        raise failure(name, f"the losses of three steps are {returned}, the reference {expected}", hint)
     print(f"✅ {name}: three steps give the reference's losses and weights (max |diff| = {worst:.1e})")
     return CheckResult(name, len(returned), worst, ["cpu"], unit="steps")
 
