@@ -282,7 +282,7 @@ def check_cfg_eps(fn: Callable) -> CheckResult:
     return compare(fn, cfg_eps, inputs, name="cfg_eps", slips=lambda args: cfg_eps_slips(*args))
 
 
-def _guided_call_rungs(calls, x, t, c, where: str) -> list[Rung]:
+def guided_call_rungs(calls, x, t, c, where: str) -> list[Rung]:
     """One model call on [x_t; x_t], [t; t] and contexts [c; 0] (either order)."""
     n, zero = len(x), torch.zeros_like(c)
     call = calls[0] if len(calls) == 1 else None
@@ -313,7 +313,7 @@ def _guided_call_rungs(calls, x, t, c, where: str) -> list[Rung]:
     ]
 
 
-def _guided_value_rungs(out, want, eps_cond, eps_uncond, w: float, where: str) -> list[Rung]:
+def guided_value_rungs(out, want, eps_cond, eps_uncond, w: float, where: str) -> list[Rung]:
     """ε̃ of shape (N, …) equal to (1 + w)·ε_c − w·ε_u, with the usual wrong combinations named."""
     n = len(want)
     shaped = isinstance(out, torch.Tensor) and out.shape == want.shape
@@ -363,8 +363,8 @@ def check_guided_eps_fn(fn: Callable) -> CheckResult:
             out = run_student(eps_fn, (x, t), f"{name}(model, c, w={w:g})")
         calls, where = list(model.calls), f"with w = {w:g}, "
         want = guided_eps_fn(model, c, w)(x, t)
-        value_rungs, diff = _guided_value_rungs(out, want, model.predict(x, t, c), model.predict(x, t, 0 * c), w, where)
-        climb(name, _guided_call_rungs(calls, x, t, c, where) + value_rungs)
+        value_rungs, diff = guided_value_rungs(out, want, model.predict(x, t, c), model.predict(x, t, 0 * c), w, where)
+        climb(name, guided_call_rungs(calls, x, t, c, where) + value_rungs)
         worst = max(worst, diff)
     print(f"✅ {name}: one model call on [x_t; x_t] with contexts [c; 0], and ε̃ = (1 + w)·ε_c − w·ε_u "
           f"on 4 guidance weights (max |diff| = {worst:.1e})")

@@ -6,6 +6,7 @@ the usual mistakes.
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Callable
 
@@ -26,7 +27,7 @@ from dlcourse.models import (
 
 from dlcourse.validation import describe
 
-from .core import CheckResult, check_module, compare, failure, run_student, seeded
+from .core import CheckResult, Slip, check_module, compare, failure, name_slip, run_student, seeded
 
 __all__ = [
     "check_down_block",
@@ -38,6 +39,7 @@ __all__ = [
     "check_unet",
     "check_train_step",
     "check_group_norm",
+    "check_gelu",
 ]
 
 
@@ -120,29 +122,40 @@ def _up_block_error_hint(error: Exception, x_channels: int, skip_channels: int) 
             "in_ch counts the channels of x plus those of skip.")
 
 
-def _sinusoid_variants(t: torch.Tensor, dim: int) -> dict[str, torch.Tensor]:
+def sinusoid_slips(t: torch.Tensor, dim: int) -> list[Slip]:
     """Common wrong embeddings, each named by the hint that fixes it."""
     d = dim // 2
     k = torch.arange(d, dtype=torch.float64)
+    steps = t.detach().cpu().double()[:, None]
+
+    def embedding(omegas, order="sin cos", angle_of=lambda a: a):
+        angles = angle_of(steps * omegas)
+        sin, cos = angles.sin(), angles.cos()
+        if order == "interleaved":
+            return torch.stack([sin, cos], -1).flatten(1)
+        return torch.cat([cos, sin] if order == "cos sin" else [sin, cos], 1)
+
     omegas = 10000.0 ** (-k / d)
-    angles = t.double()[:, None] * omegas
-    sin, cos = angles.sin(), angles.cos()
-    flipped = t.double()[:, None] * omegas.flip(0)
-    variants = {
-        "sin and cos are swapped: the first half is sin(t·ω_k), the second cos(t·ω_k).": torch.cat([cos, sin], 1),
-        "the frequencies are reversed: ω_k = max_period^(−k/d) starts at ω_0 = 1 (fast) and decreases.":
-            torch.cat([flipped.sin(), flipped.cos()], 1),
-        "sin and cos are interleaved: concatenate [all sines, all cosines] with torch.cat(..., dim=-1).":
-            torch.stack([sin, cos], -1).flatten(1),
-        "the exponent divides by dim; it should divide by d = dim/2: ω_k = max_period^(−k/(dim/2)).":
-            torch.cat([(t.double()[:, None] * 10000.0 ** (-k / dim)).sin(),
-                       (t.double()[:, None] * 10000.0 ** (-k / dim)).cos()], 1),
-    }
-    if d > 1:
-        fs = t.double()[:, None] * 10000.0 ** (-k / (d - 1))
-        variants["the exponent divides by d − 1; it should divide by d = dim/2: ω_k = max_period^(−k/d)."] = \
-            torch.cat([fs.sin(), fs.cos()], 1)
-    return variants
+    return [
+        Slip("sin and cos are swapped: the first half is sin(t·ω_k), the second cos(t·ω_k).",
+             lambda: embedding(omegas, "cos sin")),
+        Slip("the frequencies are reversed: ω_k = max_period^(−k/d) starts at ω_0 = 1 (fast) and decreases.",
+             lambda: embedding(omegas.flip(0))),
+        Slip("sin and cos are interleaved: concatenate [all sines, all cosines] with torch.cat(..., dim=-1).",
+             lambda: embedding(omegas, "interleaved")),
+        Slip("the exponent divides by dim; it should divide by d = dim/2: ω_k = max_period^(−k/(dim/2)).",
+             lambda: embedding(10000.0 ** (-k / dim))),
+        Slip("the exponent divides by d − 1; it should divide by d = dim/2: ω_k = max_period^(−k/d).",
+             lambda: embedding(10000.0 ** (-k / (d - 1)))),
+        Slip("the exponent has the wrong sign: ω_k = max_period^(−k/d) shrinks with k (yours grows).",
+             lambda: embedding(10000.0 ** (k / d))),
+        Slip("k runs from 0 to d − 1 (torch.arange(d)), so ω_0 = 1; yours starts at k = 1.",
+             lambda: embedding(10000.0 ** (-(k + 1) / d))),
+        Slip("the base is max_period = 10000, not 1000: ω_k = 10000^(−k/d).", lambda: embedding(1000.0 ** (-k / d))),
+        Slip("the angles are t·ω_k, not 2π·t·ω_k.", lambda: embedding(omegas, angle_of=lambda a: 2 * math.pi * a)),
+        Slip("the angles are t·ω_k; yours divide t by ω_k (the ratio turned over).",
+             lambda: embedding(1 / omegas)),
+    ]
 
 
 def check_sinusoidal_embedding(fn_or_cls) -> CheckResult:
@@ -162,10 +175,6 @@ def check_sinusoidal_embedding(fn_or_cls) -> CheckResult:
     def diagnose(student_out, reference_out, args):
         if not isinstance(student_out, torch.Tensor) or student_out.shape != reference_out.shape:
             return "return one row per step: shape (N, dim), the first dim/2 columns sines, the rest cosines."
-        t, dim = args
-        for hint, wrong in _sinusoid_variants(t.cpu(), dim).items():
-            if torch.allclose(student_out.detach().cpu().double(), wrong, atol=1e-4):
-                return hint
         return "emb(t) = [sin(t·ω_0), …, sin(t·ω_{d−1}), cos(t·ω_0), …, cos(t·ω_{d−1})] with ω_k = 10000^(−k/d), d = dim/2."
 
     inputs = [
@@ -173,7 +182,8 @@ def check_sinusoidal_embedding(fn_or_cls) -> CheckResult:
         (torch.tensor([0, 3, 50, 500, 999]), 32),
         (torch.arange(7), 2),
     ]
-    return compare(student, reference, inputs, name="SinusoidalEmbedding", atol=1e-4, diagnose=diagnose)
+    return compare(student, reference, inputs, name="SinusoidalEmbedding", atol=1e-4, diagnose=diagnose,
+                   slips=lambda args: sinusoid_slips(*args))
 
 
 def check_residual_block(cls) -> CheckResult:
@@ -241,7 +251,7 @@ _TIME_UNET_CONFIGS = {
 }
 
 
-def _time_unet_variants(model: TimeUNet, x: torch.Tensor, t: torch.Tensor) -> dict[str, torch.Tensor]:
+def _time_unet_slips(model: TimeUNet, x: torch.Tensor, t: torch.Tensor) -> list[Slip]:
     """The time embedding e_t = time_mlps[level](t/T) added in the usual wrong ways, each named by its hint."""
 
     def run(code: torch.Tensor | None, where: str) -> torch.Tensor:
@@ -278,13 +288,7 @@ def _time_unet_variants(model: TimeUNet, x: torch.Tensor, t: torch.Tensor) -> di
         "t never reaches the network: add e_t = self.time_mlps[level](t/T) to h before each up block.":
             lambda: run(None, "none"),
     }
-    variants = {}
-    for hint, variant in candidates.items():
-        try:
-            variants[hint] = variant()
-        except RuntimeError:  # this slip cannot run with these channels
-            continue
-    return variants
+    return [Slip(hint, variant) for hint, variant in candidates.items()]
 
 
 def check_time_unet(cls) -> CheckResult:
@@ -311,10 +315,8 @@ def check_time_unet(cls) -> CheckResult:
             return None
         reference = seeded(TimeUNet, _TIME_UNET_CONFIGS[x.shape[1]], 0).to(x.device).train()
         with torch.no_grad():
-            for hint, wrong in _time_unet_variants(reference, x, t).items():
-                if wrong.shape == student_out.shape and torch.allclose(student_out, wrong, atol=1e-5):
-                    return hint
-        return "h ← h + self.time_mlps[level]((t.float() / self.T)[:, None])[:, :, None, None] before each up block."
+            hint = name_slip(student_out, _time_unet_slips(reference, x, t))
+        return hint or "h ← h + self.time_mlps[level]((t.float() / self.T)[:, None])[:, :, None, None] before each up block."
 
     return check_module(cls, TimeUNet, list(_TIME_UNET_CONFIGS.values()), inputs, name="TimeUNet",
                         diagnose=diagnose)
@@ -334,6 +336,10 @@ def _unet_with_skips(model: UNetDenoiser, x: torch.Tensor, skip_of) -> torch.Ten
     for up in model.ups:
         h = up(h, skip_of(h, skips))
     return model.head(torch.cat([h, first], dim=1))
+
+
+def _first_in_first_out(h, skips):
+    return skips.pop(0)
 
 
 def check_unet(cls) -> CheckResult:
@@ -359,15 +365,16 @@ def check_unet(cls) -> CheckResult:
             return None
         reference = seeded(UNetDenoiser, _UNET_CONFIGS[x.shape[1]], 0).to(x.device).train()
         with torch.no_grad():
-            variants = {
-                "the up blocks got h as their own skip: pass the output of the matching down block, skips.pop().":
-                    _unet_with_skips(reference, x, lambda h, skips: h),
-                "the skip connections carry nothing (zeros): pass the output of the matching down block, skips.pop().":
-                    _unet_with_skips(reference, x, lambda h, skips: torch.zeros_like(h)),
-            }
-        for hint, wrong in variants.items():
-            if wrong.shape == student_out.shape and torch.allclose(student_out, wrong, atol=1e-5):
-                return hint
+            hint = name_slip(student_out, [
+                Slip("the up blocks got h as their own skip: pass the output of the matching down block, skips.pop().",
+                     lambda: _unet_with_skips(reference, x, lambda h, skips: h)),
+                Slip("the skip connections carry nothing (zeros): pass the output of the matching down block, "
+                     "skips.pop().", lambda: _unet_with_skips(reference, x, lambda h, skips: torch.zeros_like(h))),
+                Slip("the skips are handed back first in, first out: the deepest up block needs the deepest skip, "
+                     "skips.pop() (last in, first out).", lambda: _unet_with_skips(reference, x, _first_in_first_out)),
+            ])
+        if hint:
+            return hint
         return "each up block takes h and skips.pop(), after the bottleneck; the head is cat([h, stem output])."
 
     def diagnose_parameters(student, reference, ctor_args):
@@ -454,26 +461,47 @@ def check_train_step(fn) -> CheckResult:
     return CheckResult(name, len(returned), worst, ["cpu"], unit="steps")
 
 
-def _group_norm_slips(x, groups, weight, bias, eps) -> list[tuple[str, Callable[[], torch.Tensor]]]:
+def group_norm_slips(x, groups, weight, bias, eps: float = 1e-5) -> list[Slip]:
     """GroupNorm computed in the usual wrong ways, each with the hint that names it."""
-    h = x.reshape(x.shape[0], groups, -1)
-
-    def normalise(dims, unbiased=False):
-        mean = h.mean(dim=dims, keepdim=True)
-        var = h.var(dim=dims, unbiased=unbiased, keepdim=True)
-        return ((h - mean) / torch.sqrt(var + eps)).reshape(x.shape)
-
+    n, c = x.shape[:2]
     scale, shift = weight[None, :, None, None], bias[None, :, None, None]
+
+    def normalise(view, dims=-1, unbiased=False, eps_inside=True):
+        h = x.reshape(view)
+        mean, var = h.mean(dim=dims, keepdim=True), h.var(dim=dims, unbiased=unbiased, keepdim=True)
+        spread = torch.sqrt(var + eps) if eps_inside else torch.sqrt(var) + eps
+        return ((h - mean) / spread).reshape(x.shape)
+
+    by_group = (n, groups, -1)
     return [
-        ("you used the unbiased variance (divides by n − 1); GroupNorm divides by n: var(unbiased=False).",
-         lambda: normalise(-1, unbiased=True) * scale + shift),
-        ("the statistics run over the batch too: each sample is normalised on its own, mean and var over "
-         "dim=-1 of x.reshape(N, groups, -1) only.",
-         lambda: normalise((0, 2)) * scale + shift),
-        ("weight and bias are per channel: reshape them to (1, C, 1, 1) (weight[None, :, None, None]); as (C,) "
-         "they broadcast along the last axis, W.",
-         lambda: normalise(-1) * weight + bias),
+        Slip("you used the unbiased variance (divides by n − 1); GroupNorm divides by n: var(unbiased=False).",
+             lambda: normalise(by_group, unbiased=True) * scale + shift),
+        Slip("the statistics run over the batch too: each sample is normalised on its own, mean and var over "
+             "dim=-1 of x.reshape(N, groups, -1) only.", lambda: normalise(by_group, (0, 2)) * scale + shift),
+        Slip("weight and bias are per channel: reshape them to (1, C, 1, 1) (weight[None, :, None, None]); as (C,) "
+             "they broadcast along the last axis, W.", lambda: normalise(by_group) * weight + bias),
+        Slip("eps goes inside the square root: (x − mean)/√(var + eps), not /(√var + eps).",
+             lambda: normalise(by_group, eps_inside=False) * scale + shift),
+        Slip("every channel is normalised on its own (that is InstanceNorm): group C/groups channels together, "
+             "x.reshape(N, groups, −1).", lambda: normalise((n, c, -1)) * scale + shift),
+        Slip("all channels share one mean and variance (that is LayerNorm, groups = 1): use `groups` groups, "
+             "x.reshape(N, groups, −1).", lambda: normalise((n, 1, -1)) * scale + shift),
+        Slip("the groups are formed across channels with a stride (reshape(N, C/groups, groups, ...)); "
+             "group CONSECUTIVE channels: x.reshape(N, groups, −1).",
+             lambda: _strided_groups(x, groups, eps) * scale + shift),
+        Slip("weight and bias are swapped: weight scales, bias shifts (x̂·weight + bias).",
+             lambda: normalise(by_group) * shift + scale),
+        Slip("weight and bias are not applied: multiply by weight and add bias, per channel.",
+             lambda: normalise(by_group)),
     ]
+
+
+def _strided_groups(x, groups: int, eps: float) -> torch.Tensor:
+    """GroupNorm's normalisation with group g holding channels g, g + groups, g + 2·groups, …"""
+    n, c = x.shape[:2]
+    h = x.reshape(n, c // groups, groups, -1).transpose(1, 2).reshape(n, groups, -1)
+    h = (h - h.mean(-1, keepdim=True)) / torch.sqrt(h.var(-1, unbiased=False, keepdim=True) + eps)
+    return h.reshape(n, groups, c // groups, -1).transpose(1, 2).reshape(x.shape)
 
 
 def check_group_norm(fn) -> CheckResult:
@@ -491,20 +519,43 @@ def check_group_norm(fn) -> CheckResult:
         return F.group_norm(x, groups, weight, bias, eps=1e-5)
 
     def diagnose(student_out, reference_out, args):
-        x, groups, weight, bias = args
         if isinstance(student_out, Exception):
             if "size" in str(student_out) or "broadcast" in str(student_out):
                 return ("weight and bias have shape (C,): reshape them to (1, C, 1, 1) (weight[None, :, None, None]) "
                         "so they scale and shift whole channels.")
             return None
-        for hint, slip in _group_norm_slips(x, groups, weight, bias, 1e-5):
-            try:
-                wrong = slip()
-            except RuntimeError:  # this slip cannot run on these shapes
-                continue
-            if wrong.shape == student_out.shape and torch.allclose(student_out, wrong, atol=1e-4):
-                return hint
         return ("view x as (N, groups, −1), normalise with the mean and the biased variance of each row, reshape "
                 "back, then weight and bias per channel.")
 
-    return compare(fn, reference, inputs, name="group_norm", atol=1e-4, diagnose=diagnose)
+    return compare(fn, reference, inputs, name="group_norm", atol=1e-4, diagnose=diagnose,
+                   slips=lambda args: group_norm_slips(*args))
+
+
+def gelu_slips(x: torch.Tensor) -> list[Slip]:
+    """GELU(x) = x·Φ(x) = x·(1 + erf(x/√2))/2 as the usual mistakes compute it."""
+    def with_phi(phi):
+        return lambda: x * phi
+
+    root2 = math.sqrt(2)
+    return [
+        Slip("that is the tanh approximation; use the exact x·Φ(x) with torch.erf.", lambda: F.gelu(x, approximate="tanh")),
+        Slip("that is the sigmoid approximation x·σ(1.702x); use the exact x·Φ(x), Φ(x) = (1 + erf(x/√2))/2.",
+             lambda: x * torch.sigmoid(1.702 * x)),
+        Slip("that is SiLU, x·σ(x); GELU weighs x by the normal CDF: x·(1 + erf(x/√2))/2.", lambda: F.silu(x)),
+        Slip("that is ReLU; GELU is the smooth x·Φ(x) = x·(1 + erf(x/√2))/2.", lambda: F.relu(x)),
+        Slip("the factor ½ is missing: Φ(x) = (1 + erf(x/√2))/2.", with_phi(1 + torch.erf(x / root2))),
+        Slip("erf takes x/√2, not x: Φ(x) = (1 + erf(x/√2))/2.", with_phi((1 + torch.erf(x)) / 2)),
+        Slip("erf takes x/√2, not x/2: Φ(x) = (1 + erf(x/√2))/2.", with_phi((1 + torch.erf(x / 2)) / 2)),
+        Slip("erf takes x/√2, not x·√2: Φ(x) = (1 + erf(x/√2))/2.", with_phi((1 + torch.erf(x * root2)) / 2)),
+        Slip("the 1 + is missing: Φ(x) = (1 + erf(x/√2))/2, not erf(x/√2)/2.", with_phi(torch.erf(x / root2) / 2)),
+        Slip("that is Φ(x) alone; GELU multiplies it by x: x·Φ(x).", lambda: (1 + torch.erf(x / root2)) / 2),
+    ]
+
+
+def check_gelu(fn) -> CheckResult:
+    """``fn(x) -> GELU(x) = x·Φ(x) = x·(1 + erf(x/√2))/2`` (exact, not the tanh approximation), against F.gelu."""
+    g = torch.Generator().manual_seed(0)
+    inputs = [(torch.linspace(-6, 6, 121),), (3 * torch.randn(4, 8, 3, 3, generator=g),),
+              (torch.linspace(-3, 3, 13, dtype=torch.float64),)]
+    return compare(fn, F.gelu, inputs, name="gelu", atol=1e-5, slips=lambda args: gelu_slips(*args),
+                   diagnose=lambda student_out, reference_out, args: "GELU(x) = x·(1 + erf(x/√2))/2.")
