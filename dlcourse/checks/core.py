@@ -198,6 +198,9 @@ def _show_value(v) -> str:
         return f"Schedule(T={v.T}, {str(v.dtype).replace('torch.', '')})"
     if isinstance(v, nn.Module):
         return type(v).__name__
+    if isinstance(v, (tuple, list)):
+        inner = ", ".join(_show_value(u) for u in v)
+        return f"({inner})" if isinstance(v, tuple) else f"[{inner}]"
     if callable(v):
         return getattr(v, "__name__", type(v).__name__)
     return repr(v)
@@ -370,19 +373,20 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
 def _builtin_layers(module: nn.Module) -> set[str]:
-    """Names of the torch.nn layer types inside ``module`` (containers left out)."""
+    """Names of the torch.nn layer types inside ``module`` (containers and nn.Identity left out)."""
     return {type(m).__name__ for m in module.modules()
-            if type(m).__module__.startswith("torch.nn") and not isinstance(m, _CONTAINERS)}
+            if type(m).__module__.startswith("torch.nn") and not isinstance(m, (*_CONTAINERS, nn.Identity))}
 
 
-def layer_type_hint(student: nn.Module, reference: nn.Module) -> str | None:
-    """Name the torch.nn layers the learner used in place of the reference's (BatchNorm2d for GroupNorm, …)."""
+def layer_type_hint(student: nn.Module, reference: nn.Module, *, substitutions_only: bool = False) -> str | None:
+    """Name the torch.nn layers the learner used in place of the reference's (BatchNorm2d for GroupNorm, …);
+    with ``substitutions_only`` only a layer type put where the reference has another counts."""
     extra = sorted(_builtin_layers(student) - _builtin_layers(reference))
     missing = sorted(_builtin_layers(reference) - _builtin_layers(student))
     if extra and missing:
         return (f"your module uses nn.{', nn.'.join(extra)} where the reference uses nn.{', nn.'.join(missing)}: "
                 f"build it with nn.{', nn.'.join(missing)}.")
-    if extra:
+    if extra and not substitutions_only:
         return f"your module uses nn.{', nn.'.join(extra)}, which the reference does not: remove it."
     return None
 
@@ -449,6 +453,10 @@ def _check_one_module(student_cls, reference_cls, kwargs, args, *, name, atol, r
                       f"(difference {n_student - n_reference:+,})",
                       diagnose_parameters and diagnose_parameters(student, reference, kwargs))
     how = _copy_weights(student, reference)
+    substituted = None if how else layer_type_hint(student, reference, substitutions_only=True)
+    if substituted:
+        raise failure(label, "your layers differ from the reference's, so their values could not be compared",
+                      substituted)
     notes = {"by layer": ["your layer names differ from the reference's, so its weights were copied layer by layer "
                           "(the k-th layer of each type gets the reference's k-th)"],
              "by order": ["your layers differ from the reference's, so its weights were copied parameter by "

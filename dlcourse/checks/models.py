@@ -55,9 +55,64 @@ def _shape_hint(student_out, x: torch.Tensor, out_ch: int, factor: float, verb: 
         return f"the output should have out_ch = {out_ch} channels, yours has {student_out.shape[1]}."
     want = int(x.shape[-1] * factor)
     if student_out.shape[-1] != want or student_out.shape[-2] != want:
+        padding = " The 3×3 convs need padding=1 to keep H and W." if student_out.shape[-1] < want else ""
         return (f"the block should {verb} H and W ({x.shape[-1]} → {want}); "
-                f"yours gives {tuple(student_out.shape[-2:])}.")
+                f"yours gives {tuple(student_out.shape[-2:])}.{padding}")
     return None
+
+
+def _conv_layer_hint(student: nn.Module) -> str | None:
+    """Name a conv built with the wrong kernel or without bias (lessons 01's blocks: 3×3 convs with bias,
+    a 2×2 transposed conv)."""
+    for m in student.modules():
+        if isinstance(m, nn.ConvTranspose2d) and m.kernel_size != (2, 2):
+            return f"the transposed conv has kernel_size={m.kernel_size[0]}; use kernel_size=2, stride=2."
+        if type(m) is nn.Conv2d and m.kernel_size != (3, 3):
+            return f"a conv has kernel_size={m.kernel_size[0]}; the block's convs are 3×3 (kernel_size=3, padding=1)."
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.bias is None:
+            return "a conv was built with bias=False; the block's convs keep their bias."
+    return None
+
+
+def _body_slips(body: nn.Sequential) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
+    """(conv → norm → act) × 2 run in the usual wrong ways with the reference's own layers."""
+    conv1, norm1, act1, conv2, norm2, act2 = body
+
+    def act_first(h):
+        return norm2(act2(conv2(norm1(act1(conv1(h))))))
+
+    return [
+        ("the activation comes after the norm: conv → BatchNorm → ReLU (yours is conv → ReLU → BatchNorm).", act_first),
+        ("the last ReLU is missing: each conv is followed by BatchNorm AND ReLU.",
+         lambda h: norm2(conv2(act1(norm1(conv1(h)))))),
+        ("the ReLU after the first conv is missing: each conv is followed by BatchNorm AND ReLU.",
+         lambda h: act2(norm2(conv2(norm1(conv1(h)))))),
+        ("only one norm is applied per pair of convs: conv → BatchNorm → ReLU → conv → BatchNorm → ReLU.",
+         lambda h: act2(conv2(act1(norm1(conv1(h)))))),
+    ]
+
+
+def _down_block_slips(reference: DownBlock, x: torch.Tensor) -> list[Slip]:
+    pool = reference.pool
+    slips = [Slip(hint + " Then nn.MaxPool2d(2).", lambda wrong=wrong: pool(wrong(x)))
+             for hint, wrong in _body_slips(reference.body)]
+    return slips + [
+        Slip("pool AFTER the two convs: (conv → BatchNorm → ReLU) × 2 at full resolution, then nn.MaxPool2d(2).",
+             lambda: reference.body(pool(x))),
+        Slip("that is average pooling; the block max-pools: nn.MaxPool2d(2) (or F.max_pool2d(h, 2)).",
+             lambda: F.avg_pool2d(reference.body(x), 2)),
+    ]
+
+
+def _up_block_slips(reference: UpBlock, x: torch.Tensor, skip: torch.Tensor) -> list[Slip]:
+    up, body = reference.upsample, reference.body
+    slips = [Slip("x first: torch.cat([x, skip], dim=1); yours puts the skip first (the weights see the channels in "
+                  "the wrong order).", lambda: body(up(torch.cat([skip, x], 1)))),
+             Slip("the skip is not used: concatenate the skip connection, torch.cat([x, skip], dim=1), not x twice.",
+                  lambda: body(up(torch.cat([x, x], 1)))),
+             Slip("the skip connection is replaced by zeros: torch.cat([x, skip], dim=1).",
+                  lambda: body(up(torch.cat([x, torch.zeros_like(skip)], 1))))]
+    return slips + [Slip(hint, lambda wrong=wrong: wrong(up(torch.cat([x, skip], 1)))) for hint, wrong in _body_slips(body)]
 
 
 def check_down_block(cls) -> CheckResult:
@@ -70,11 +125,17 @@ def check_down_block(cls) -> CheckResult:
         hint = _shape_hint(student_out, x, reference_out.shape[1], 0.5, "halve")
         if hint and student_out.shape[-1] == x.shape[-1]:
             return hint + " Add nn.MaxPool2d(2) after the two convs."
-        return hint or "check the order: conv → BatchNorm → ReLU, twice, and only then the max-pool."
+        reference = seeded(DownBlock, (x.shape[1], reference_out.shape[1]), 0).to(x.device).train()
+        with torch.no_grad():
+            return hint or name_slip(student_out, _down_block_slips(reference, x)) or (
+                "check the order: conv → BatchNorm → ReLU, twice, and only then the max-pool.")
 
     def diagnose_parameters(student, reference, ctor_args):
         out_ch = ctor_args[1]
         missing = count_parameters(reference) - count_parameters(student)
+        layer_hint = _conv_layer_hint(student)
+        if layer_hint:
+            return layer_hint
         if missing == 4 * out_ch:
             return "both nn.BatchNorm2d(out_ch) layers are missing: each conv is followed by one (2·out_ch parameters each)."
         if missing == 2 * out_ch:
@@ -91,14 +152,22 @@ def check_up_block(cls) -> CheckResult:
     def diagnose(student_out, reference_out, args):
         x, skip = args[0], args[1]
         if isinstance(student_out, Exception):
-            return _up_block_error_hint(student_out, x.shape[1], skip.shape[1])
+            return _up_block_error_hint(student_out, x.shape[1], skip.shape[1], reference_out.shape[1])
         hint = _shape_hint(student_out, x, reference_out.shape[1], 2, "double")
         if hint:
             return hint + " Concatenate along dim=1, then upsample with nn.ConvTranspose2d(in_ch, out_ch, 2, stride=2)."
-        return "check the order: cat([x, skip], dim=1) (x first) → ConvTranspose2d → (conv → BatchNorm → ReLU) × 2."
+        reference = seeded(UpBlock, (x.shape[1] + skip.shape[1], reference_out.shape[1]), 0).to(x.device).train()
+        with torch.no_grad():
+            return name_slip(student_out, _up_block_slips(reference, x, skip)) or (
+                "check the order: cat([x, skip], dim=1) (x first) → ConvTranspose2d → (conv → BatchNorm → ReLU) × 2.")
 
     def diagnose_parameters(student, reference, ctor_args):
         in_ch, out_ch = ctor_args
+        if not any(isinstance(m, nn.ConvTranspose2d) for m in student.modules()):
+            return "upsample with nn.ConvTranspose2d(in_ch, out_ch, kernel_size=2, stride=2) (it has weights to learn)."
+        layer_hint = _conv_layer_hint(student)
+        if layer_hint:
+            return layer_hint
         return (f"the transposed conv maps the concatenated in_ch = {in_ch} channels to out_ch = {out_ch} "
                 "(kernel 2, stride 2); then two 3×3 convs out_ch → out_ch, each with nn.BatchNorm2d(out_ch).")
 
@@ -106,10 +175,13 @@ def check_up_block(cls) -> CheckResult:
                         name="UpBlock", diagnose=diagnose, diagnose_parameters=diagnose_parameters)
 
 
-def _up_block_error_hint(error: Exception, x_channels: int, skip_channels: int) -> str:
+def _up_block_error_hint(error: Exception, x_channels: int, skip_channels: int, out_ch: int) -> str:
     """Blame the concatenation only when a layer got x's channels alone; else the layer's channel count."""
     in_ch = x_channels + skip_channels
     found = re.search(r"to have (\d+) channels, but got (\d+) channels", str(error))
+    if found and int(found.group(2)) == out_ch and int(found.group(1)) == in_ch and "transposed=1" not in str(error):
+        return (f"the convs after the transposed conv get its out_ch = {out_ch} channels: build them as "
+                f"nn.Conv2d(out_ch, out_ch, 3, padding=1), not from in_ch = {in_ch}.")
     if found and int(found.group(2)) == in_ch:
         return (f"the concatenation is right (x has {x_channels} channels, skip {skip_channels}, together in_ch = "
                 f"{in_ch}), but a layer after it was built for {found.group(1)} input channels: the transposed conv "
@@ -330,9 +402,11 @@ _UNET_CONFIGS = {
 }
 
 
-def _unet_with_skips(model: UNetDenoiser, x: torch.Tensor, skip_of) -> torch.Tensor:
+def _unet_with_skips(model: UNetDenoiser, x: torch.Tensor, skip_of, bottleneck: bool = True) -> torch.Tensor:
     """Lesson 01's forward with ``skip_of(h, skips)`` choosing what each up block gets as its skip."""
     first, h, skips = model._encode(x)
+    if not bottleneck:
+        h = skips[-1]
     for up in model.ups:
         h = up(h, skip_of(h, skips))
     return model.head(torch.cat([h, first], dim=1))
@@ -372,6 +446,8 @@ def check_unet(cls) -> CheckResult:
                      "skips.pop().", lambda: _unet_with_skips(reference, x, lambda h, skips: torch.zeros_like(h))),
                 Slip("the skips are handed back first in, first out: the deepest up block needs the deepest skip, "
                      "skips.pop() (last in, first out).", lambda: _unet_with_skips(reference, x, _first_in_first_out)),
+                Slip("the bottleneck is left out: h = self.bottleneck(h) after the last down block, before the ups.",
+                     lambda: _unet_with_skips(reference, x, lambda h, skips: skips.pop(), bottleneck=False)),
             ])
         if hint:
             return hint
@@ -387,16 +463,48 @@ def check_unet(cls) -> CheckResult:
                         diagnose=diagnose, diagnose_parameters=diagnose_parameters)
 
 
-def _train_step(model, optimizer, x0, beta, *, target="clean", zero_grad=True, step=True) -> float:
-    """Lesson 01's step: x_noisy = (1 − β) x0 + β ε, loss = MSE(model(x_noisy), x0), zero_grad, backward, step."""
-    x_noisy = (1 - beta) * x0 + beta * torch.randn_like(x0)
-    loss = F.mse_loss(model(x_noisy), x0 if target == "clean" else x_noisy)
-    if zero_grad:
-        optimizer.zero_grad()
-    loss.backward()
-    if step:
-        optimizer.step()
+def _add_noise(x0: torch.Tensor, beta: float) -> torch.Tensor:
+    """Lesson 01's corruption x_noisy = (1 − β) x0 + β ε, ε ~ N(0, I)."""
+    return (1 - beta) * x0 + beta * torch.randn_like(x0)
+
+
+def _train_step(model, optimizer, x0, beta, *, corrupt=None, target="clean", loss_fn=F.mse_loss,
+                order=("zero_grad", "backward", "step")) -> float:
+    """Lesson 01's step: x_noisy = add_noise(x0, β), loss = MSE(model(x_noisy), x0), zero_grad, backward, step.
+
+    ``corrupt``, ``target``, ``loss_fn`` and ``order`` (a subset of the three calls, in the order they run) make its slips.
+    """
+    x_noisy = (corrupt or _add_noise)(x0, beta)
+    loss = loss_fn(model(x_noisy), {"clean": x0, "noisy": x_noisy}[target])
+    calls = {"zero_grad": optimizer.zero_grad, "backward": loss.backward, "step": optimizer.step}
+    for name in order:
+        calls[name]()
     return loss.item()
+
+
+# The first loss (before any update) tells the corruption and the target; the later ones the update order.
+_FIRST_LOSS_SLIPS = [
+    ("the target is the noisy image: the network should predict the clean batch, F.mse_loss(model(x_noisy), x0).",
+     {"target": "noisy"}),
+    ("the two coefficients of add_noise are swapped: x_noisy = (1 − β)·x0 + β·ε.",
+     {"corrupt": lambda x0, beta: beta * x0 + (1 - beta) * torch.randn_like(x0)}),
+    ("the noise is uniform (torch.rand_like); add_noise uses Gaussian noise, torch.randn_like(x0).",
+     {"corrupt": lambda x0, beta: (1 - beta) * x0 + beta * torch.rand_like(x0)}),
+    ("x0 is not scaled by (1 − β): x_noisy = (1 − β)·x0 + β·ε.",
+     {"corrupt": lambda x0, beta: x0 + beta * torch.randn_like(x0)}),
+    ("the model sees the clean x0: corrupt it first, x_noisy = add_noise(x0, beta), and predict from x_noisy.",
+     {"corrupt": lambda x0, beta: x0}),
+    ("that is the mean absolute error (F.l1_loss); the loss is the mean SQUARED error, F.mse_loss.",
+     {"loss_fn": F.l1_loss}),
+    ("the squared errors are summed; take their mean, F.mse_loss(model(x_noisy), x0).",
+     {"loss_fn": lambda prediction, target: (prediction - target).square().sum()}),
+]
+_UPDATE_SLIPS = [
+    ("the gradients pile up from step to step: call optimizer.zero_grad() before loss.backward().",
+     ("backward", "step")),
+    ("the weights never change: call optimizer.step() after loss.backward() (and zero_grad() before "
+     "backward, not between backward and step).", ("zero_grad", "backward")),
+]
 
 
 def _run_steps(step_fn, x0, beta, n_steps: int = 3) -> tuple[list, list[torch.Tensor]]:
@@ -412,6 +520,13 @@ def _run_steps(step_fn, x0, beta, n_steps: int = 3) -> tuple[list, list[torch.Te
     return returned, [p.detach().clone() for p in model.parameters()]
 
 
+def _train_step_error_hint(error: Exception) -> str | None:
+    if "modified by an inplace operation" in str(error):
+        return ("optimizer.step() ran before loss.backward(): it changed the weights the graph still needs. "
+                "zero_grad → backward → step.")
+    return None
+
+
 def check_train_step(fn) -> CheckResult:
     """``fn(model, optimizer, x0, beta) -> float``: one step of lesson 01's training loop.
 
@@ -421,8 +536,8 @@ def check_train_step(fn) -> CheckResult:
     """
     name = "train_step"
     x0 = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(4)) * 2 - 1
-    beta = 0.5
-    returned, weights = run_student(_run_steps, (fn, x0, beta), name)
+    beta = 0.3  # not 0.5, where (1 − β) = β would hide swapped coefficients
+    returned, weights = run_student(_run_steps, (fn, x0, beta), name, error_hint=_train_step_error_hint)
     expected, expected_weights = _run_steps(_train_step, x0, beta)
     first = returned[0]
     if isinstance(first, torch.Tensor):
@@ -433,25 +548,17 @@ def check_train_step(fn) -> CheckResult:
     if not isinstance(first, float):
         raise failure(name, f"returned {describe(first)}, expected the loss as a float", "end with return loss.item().")
     if abs(first - expected[0]) > 1e-5:
-        noisy_target, _ = _run_steps(lambda *a: _train_step(*a, target="noisy"), x0, beta, 1)
-        hint = ("the target is the noisy image: the network should predict the clean batch, "
-                "F.mse_loss(model(x_noisy), x0)." if abs(first - noisy_target[0]) < 1e-5 else
-                "corrupt x0 with add_noise(x0, beta) (one torch.randn_like draw), predict with model(x_noisy) and "
-                "compare with the clean x0 by F.mse_loss.")
+        hint = next((text for text, slip in _FIRST_LOSS_SLIPS
+                     if abs(first - _run_steps(lambda *a, slip=slip: _train_step(*a, **slip), x0, beta, 1)[0][0]) < 1e-5),
+                    "corrupt x0 with add_noise(x0, beta) (one torch.randn_like draw), predict with model(x_noisy) and "
+                    "compare with the clean x0 by F.mse_loss.")
         raise failure(name, f"the first loss is {first:.6f}, the reference {expected[0]:.6f}", hint)
     worst = max(abs(a - b) for a, b in zip(returned, expected))
     same_weights = all(torch.allclose(p, q, atol=1e-6) for p, q in zip(weights, expected_weights))
     if worst > 1e-5 or not same_weights:
-        candidates = [
-            ("the gradients pile up from step to step: call optimizer.zero_grad() before loss.backward().",
-             lambda *a: _train_step(*a, zero_grad=False)),
-            ("the weights never change: call optimizer.step() after loss.backward() (and zero_grad() before "
-             "backward, not between backward and step).",
-             lambda *a: _train_step(*a, step=False)),
-        ]
         hint = "zero_grad → backward → step, once per call, and return loss.item()."
-        for text, variant in candidates:
-            wrong, wrong_weights = _run_steps(variant, x0, beta)
+        for text, order in _UPDATE_SLIPS:
+            wrong, wrong_weights = _run_steps(lambda *a, order=order: _train_step(*a, order=order), x0, beta)
             if (max(abs(a - b) for a, b in zip(returned, wrong)) < 1e-5
                     and all(torch.allclose(p, q, atol=1e-6) for p, q in zip(weights, wrong_weights))):
                 hint = text

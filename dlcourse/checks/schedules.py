@@ -221,14 +221,23 @@ class _Oracle:
         if int(t.max()) > T - 1 or int(t.min()) < 0:
             raise Stop(f"t went up to {int(t.max())} with T = {T}",
                        "t is 0-based, t ∈ {0, …, T−1}: torch.randint(0, schedule.T, ...) excludes its upper bound.")
+        if torch.equal(x_t, self.x0):
+            raise Stop("the model received the clean x0", "pass the noisy x_t = q_sample(schedule, x0, t, noise) to "
+                       "the model, not x0.")
         self.seen.append(t.detach().cpu())
         return self.schedule.predict_eps(x_t, t, self.x0)
 
 
 def _index_hint(error: Exception) -> str | None:
-    if isinstance(error, IndexError):
+    """Name the slip behind an error raised while indexing the schedule or validating t."""
+    text = str(error)
+    if isinstance(error, IndexError) or "timesteps in [0" in text:
         return ("t must stay in 0 … T−1 (0-based): draw it with torch.randint(0, schedule.T, (N,)), whose upper "
                 "bound is excluded.")
+    if "timesteps (one per image)" in text:
+        return "draw one t per image, shape (N,): torch.randint(0, schedule.T, (x0.shape[0],))."
+    if "integer tensor of timesteps" in text:
+        return "t must be a torch.long tensor of step indices: torch.randint(0, schedule.T, (N,))."
     return None
 
 
@@ -243,6 +252,8 @@ def _zero_model_rungs(zero: float, x0: torch.Tensor) -> list[Rung]:
              "the noise is uniform (torch.rand_like); ε is Gaussian: noise = torch.randn_like(x0)."),
         Rung(lambda: abs(zero - (2 / torch.pi) ** 0.5) < 0.05, evidence + " — it scores E|ε| ≈ 0.80",
              "that is the mean absolute error; the loss is the mean SQUARED error, F.mse_loss(model(x_t, t), noise)."),
+        Rung(lambda: abs(zero / len(x0) - 1) < 0.15, evidence + f" — it scores about N = {len(x0)}",
+             "each image's mean squared error is summed over the batch; take the mean over everything, F.mse_loss."),
         Rung(lambda: abs(zero / pixels - 1) < 0.15, evidence + f" — it scores about C·H·W = {pixels}",
              "the squared error is summed over each image's pixels; take the mean over everything, F.mse_loss(...)."),
         Rung(lambda: abs(zero / x0.numel() - 1) < 0.15, evidence + f" — it scores about N·C·H·W = {x0.numel()}",

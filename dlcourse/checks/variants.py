@@ -91,6 +91,7 @@ def schedule_coefficients(schedule: Schedule, t: torch.Tensor) -> dict[str, torc
     return {"ᾱ_t": ab, "1 − ᾱ_t": 1 - ab, "α_t": values["alphas"][t], "1 − α_t": 1 - values["alphas"][t],
             "β_t": values["betas"][t], "β̃_t": values["beta_tildes"][t], "ᾱ_{t−1}": prev,
             "1 − ᾱ_{t−1}": 1 - prev, "[t > 0]": (t > 0).double(), "[t > 1]": (t > 1).double(),
+            "1 − √ᾱ_t": 1 - ab.sqrt(), "1 − √α_t": 1 - values["alphas"][t].sqrt(),
             "1": torch.ones(len(t), dtype=torch.float64)}
 
 
@@ -166,6 +167,10 @@ def _term_slips(term: Term, top: Formula) -> Iterator[tuple[Term, str]]:
                                        + (f" ({reason})" if reason else "") + f": {top.text}.")
         for wrong, what in _power_slips(factor):
             yield with_factor(wrong), f"{term.label} has {wrong} where it needs {factor} ({what}): {top.text}."
+        if factor.power == 0.5 and factor.base.startswith("1 − "):
+            wrong = Factor(f"1 − √{factor.base[4:]}")
+            yield with_factor(wrong), (f"{term.label} has {wrong} where it needs {factor} (the square root goes over "
+                                       f"the whole {factor.base}): {top.text}.")
         yield with_factor(None), f"{term.label} is missing its factor {factor}: {top.text}."
     yield replace(term, sign=-term.sign), f"{term.label} has the wrong sign: {top.text}."
     if isinstance(term.operand, Formula):
@@ -221,15 +226,25 @@ def neighbours(formula: Formula, coefficients_at: Callable[[torch.Tensor], Mappi
     """The slips of ``formula`` (see the module docstring) on these inputs, each as a :class:`Slip`.
 
     ``coefficients_at(t)`` gives the per-sample coefficients at steps t; outputs take ``like``'s shape,
-    dtype and device. With ``T`` the steps t − 1 and t + 1 (clamped to 0 … T − 1) are tried too.
+    dtype and device. With ``T`` the steps t − 1 (wrapping round at 0, as Python's indexing does) and t + 1 (clamped
+    to T − 1) are tried too.
     """
+    def coefficients(steps: torch.Tensor):
+        """The schedule's coefficients at ``steps``; the indicators ([t > 0], …) stay those of the true t."""
+        shifted = dict(coefficients_at(steps))
+        shifted.update({k: v for k, v in coefficients_at(t).items() if k.startswith("[")})
+        return shifted
+
     def output(f: Formula, steps: torch.Tensor = t, axis: str = "batch") -> Callable[[], torch.Tensor]:
-        return lambda: evaluate(f, coefficients_at(steps), operands, axis).to(like.dtype).reshape(like.shape)
+        return lambda: evaluate(f, coefficients(steps), operands, axis).to(like.dtype).reshape(like.shape)
 
     slips = []
     if T is not None:
-        slips += [Slip(f"off by one: the coefficients are looked up at t − 1; t is 0-based here, index them at t "
-                       f"(not t − 1, not alpha_bars_prev): {formula.text}.", output(formula, (t - 1).clamp(min=0))),
+        slips += [Slip(f"off by one: the coefficients are looked up at t − 1 (and alpha_bars[t − 1] at t = 0 is "
+                       f"alpha_bars[−1], the LAST entry); t is 0-based here, index them at t: {formula.text}.",
+                       output(formula, (t - 1) % T)),
+                  Slip(f"off by one: the coefficients are looked up at t − 1; t is 0-based here, index them at t: "
+                       f"{formula.text}.", output(formula, (t - 1).clamp(min=0))),
                   Slip(f"off by one: the coefficients are looked up at t + 1; index them at t: {formula.text}.",
                        output(formula, (t + 1).clamp(max=T - 1)))]
     slips.append(Slip("every image used the first image's coefficients: index with the whole tensor t "
