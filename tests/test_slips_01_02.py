@@ -55,7 +55,7 @@ class Down(nn.Module):
     ("no first relu", "the ReLU after the first conv is missing"),
     ("pool first", "pool AFTER the two convs"),
     ("avg pool", "that is average pooling"),
-    ("avg pool module", "uses nn.AvgPool2d where the reference uses nn.MaxPool2d"),
+    ("avg pool module", "that is average pooling"),
     ("no pool", "Add nn.MaxPool2d(2)"),
     ("no norms", "both nn.BatchNorm2d(out_ch) layers are missing"),
     ("one norm", "one nn.BatchNorm2d(out_ch) is missing"),

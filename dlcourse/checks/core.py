@@ -123,7 +123,8 @@ def _close(got, want, atol: float, rtol: float) -> bool:
     if isinstance(got, torch.Tensor) and isinstance(want, torch.Tensor):
         if got.shape != want.shape:
             return False
-        return torch.allclose(got.detach().cpu().double(), want.detach().cpu().double(), atol=atol, rtol=rtol)
+        return torch.allclose(got.detach().cpu().double(), want.detach().cpu().double(), atol=atol, rtol=rtol,
+                              equal_nan=True)
     if isinstance(got, torch.Tensor) and got.numel() == 1:
         got = got.item()
     if isinstance(want, torch.Tensor) and want.numel() == 1:
@@ -134,8 +135,12 @@ def _close(got, want, atol: float, rtol: float) -> bool:
 
 
 def name_slip(student_out, slips: Sequence[Slip], *, atol: float = 1e-5, rtol: float = 1e-4) -> str | None:
-    """The hint of the first slip whose output equals the learner's (a slip that cannot run here is skipped)."""
-    if isinstance(student_out, Exception):
+    """The hint of the first slip whose output equals the learner's (a slip that cannot run here is skipped).
+
+    An output with no finite value names nothing: every slip that breaks the same way would match it.
+    """
+    if isinstance(student_out, Exception) or (isinstance(student_out, torch.Tensor) and student_out.numel()
+                                              and not bool(torch.isfinite(student_out).any())):
         return None
     for slip in slips:
         try:
@@ -268,9 +273,9 @@ def _difference(student_out, reference_out, atol: float, rtol: float) -> tuple[s
     return None, worst
 
 
-def _hint(student_out, reference_out, args, slips, diagnose) -> str | None:
-    """A generated slip that matches first, else ``diagnose``'s word."""
-    hint = name_slip(student_out, slips(args)) if slips is not None else None
+def _hint(student_out, reference_out, args, slips, diagnose, atol: float = 1e-5, rtol: float = 1e-4) -> str | None:
+    """A generated slip that matches first (within the check's tolerance), else ``diagnose``'s word."""
+    hint = name_slip(student_out, slips(args), atol=atol, rtol=rtol) if slips is not None else None
     if hint is None and diagnose is not None:
         hint = diagnose(student_out, reference_out, args)
     return hint
@@ -311,7 +316,7 @@ def compare(student: Callable, reference: Callable, inputs: Sequence, *, name: s
             problem, diff = _difference(student_out, reference_out, atol, rtol)
             if problem:
                 raise failure(name, f"on input ({_show_args(args)}){where}, {problem}",
-                              _hint(student_out, reference_out, moved, slips, diagnose))
+                              _hint(student_out, reference_out, moved, slips, diagnose, atol, rtol))
             worst = max(worst, diff)
         ran.append(device)
     result = CheckResult(name, len(inputs), worst, ran, notes)
@@ -373,9 +378,10 @@ _CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 
 
 def _builtin_layers(module: nn.Module) -> set[str]:
-    """Names of the torch.nn layer types inside ``module`` (containers and nn.Identity left out)."""
+    """Names of the torch.nn layer types inside ``module`` that hold weights or buffers (norms, convs, …)."""
     return {type(m).__name__ for m in module.modules()
-            if type(m).__module__.startswith("torch.nn") and not isinstance(m, (*_CONTAINERS, nn.Identity))}
+            if type(m).__module__.startswith("torch.nn") and not isinstance(m, _CONTAINERS)
+            and any(True for _ in m.parameters(recurse=False)) | any(True for _ in m.buffers(recurse=False))}
 
 
 def layer_type_hint(student: nn.Module, reference: nn.Module, *, substitutions_only: bool = False) -> str | None:

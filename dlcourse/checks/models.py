@@ -225,8 +225,6 @@ def sinusoid_slips(t: torch.Tensor, dim: int) -> list[Slip]:
              lambda: embedding(10000.0 ** (-(k + 1) / d))),
         Slip("the base is max_period = 10000, not 1000: ω_k = 10000^(−k/d).", lambda: embedding(1000.0 ** (-k / d))),
         Slip("the angles are t·ω_k, not 2π·t·ω_k.", lambda: embedding(omegas, angle_of=lambda a: 2 * math.pi * a)),
-        Slip("the angles are t·ω_k; yours divide t by ω_k (the ratio turned over).",
-             lambda: embedding(1 / omegas)),
     ]
 
 
@@ -258,6 +256,36 @@ def check_sinusoidal_embedding(fn_or_cls) -> CheckResult:
                    slips=lambda args: sinusoid_slips(*args))
 
 
+def _residual_slips(block: ResidualBlock, x: torch.Tensor) -> list[Slip]:
+    """The residual block run in the usual wrong ways with the reference's own layers."""
+    conv1, norm1, conv2, norm2, skip = block.conv1, block.norm1, block.conv2, block.norm2, block.skip
+
+    def run(act=F.gelu, order="norm act", last_act=True, act_after_sum=False, scale=1.0):
+        def step(conv, norm, h, with_act=True):
+            if order == "act norm":
+                return norm(act(conv(h)))
+            h = norm(conv(h))
+            return act(h) if with_act else h
+
+        h = step(conv2, norm2, step(conv1, norm1, x), with_act=last_act and not act_after_sum)
+        out = (h + skip(x)) * scale
+        return act(out) if act_after_sum else out
+
+    return [
+        Slip("the activation is GELU, not ReLU: F.gelu (or nn.GELU()).", lambda: run(act=F.relu)),
+        Slip("the activation is GELU, not SiLU: F.gelu (or nn.GELU()).", lambda: run(act=F.silu)),
+        Slip("that is GELU's tanh approximation; use the exact F.gelu(x) (approximate='none').",
+             lambda: run(act=lambda h: F.gelu(h, approximate="tanh"))),
+        Slip("the activation comes after the norm: conv → GroupNorm → GELU (yours is conv → GELU → GroupNorm).",
+             lambda: run(order="act norm")),
+        Slip("the second GELU is missing: conv → GroupNorm → GELU, twice, then add the skip.",
+             lambda: run(last_act=False)),
+        Slip("the last GELU comes after the sum; apply it to h, then return h + skip(x).",
+             lambda: run(act_after_sum=True)),
+        Slip("the sum is rescaled; return h + skip(x) as it is.", lambda: run(scale=2 ** -0.5)),
+    ]
+
+
 def check_residual_block(cls) -> CheckResult:
     """``cls(in_ch, out_ch)``: act(norm(conv(act(norm(conv(x)))))) + skip(x), GroupNorm(8), GELU."""
 
@@ -271,7 +299,10 @@ def check_residual_block(cls) -> CheckResult:
             return hint
         if x.shape[1] == reference_out.shape[1] and torch.allclose(student_out, reference_out - x, atol=1e-4):
             return "you forgot the skip connection: return h + x (the identity when in_ch == out_ch)."
-        return "order: conv → GroupNorm → GELU → conv → GroupNorm → GELU, then add skip(x)."
+        reference = seeded(ResidualBlock, (x.shape[1], reference_out.shape[1]), 0).to(x.device).train()
+        with torch.no_grad():
+            return name_slip(student_out, _residual_slips(reference, x), atol=1e-4) or (
+                "order: conv → GroupNorm → GELU → conv → GroupNorm → GELU, then add skip(x).")
 
     def diagnose_parameters(student, reference, ctor_args):
         in_ch, out_ch = ctor_args
@@ -291,11 +322,28 @@ def check_rearrange_pool(cls) -> CheckResult:
 
     def diagnose(student_out, reference_out, args):
         if isinstance(student_out, Exception):
+            found = re.search(r"to have (\d+) channels, but got (\d+) channels", str(student_out))
+            if found and 4 * int(found.group(2)) == args[0].shape[1]:
+                return "that is pixel_shuffle, which upsamples (C → C/4); downsample with F.pixel_unshuffle(x, 2)."
             return "pixel_unshuffle(x, 2) gives 4·in_ch channels: the conv must take 4 * in_ch inputs."
-        hint = _shape_hint(student_out, args[0], reference_out.shape[1], 0.5, "halve")
+        x = args[0]
+        hint = _shape_hint(student_out, x, reference_out.shape[1], 0.5, "halve")
         if hint:
             return hint + " Use F.pixel_unshuffle(x, 2) (not pixel_shuffle, which upsamples)."
-        return "use F.pixel_unshuffle(x, 2) (channel order c, dy, dx), then the conv."
+        conv = seeded(RearrangePool, (x.shape[1], reference_out.shape[1]), 0).to(x.device).conv
+        n, c, h, w = x.shape
+        blocks = x.reshape(n, c, h // 2, 2, w // 2, 2)
+
+        def rearranged(*order):
+            return conv(blocks.permute(0, *order, 2, 4).reshape(n, 4 * c, h // 2, w // 2))
+
+        with torch.no_grad():
+            return name_slip(student_out, [
+                Slip("the channels come out in the order (dy, dx, c); pixel_unshuffle orders them (c, dy, dx): "
+                     "use F.pixel_unshuffle(x, 2).", lambda: rearranged(3, 5, 1)),
+                Slip("the sub-pixel offsets are swapped (c, dx, dy); pixel_unshuffle orders them (c, dy, dx): "
+                     "use F.pixel_unshuffle(x, 2).", lambda: rearranged(1, 5, 3)),
+            ]) or "use F.pixel_unshuffle(x, 2) (channel order c, dy, dx), then the conv."
 
     def diagnose_parameters(student, reference, ctor_args):
         in_ch, out_ch = ctor_args
@@ -304,6 +352,8 @@ def check_rearrange_pool(cls) -> CheckResult:
             return "the conv after pixel_unshuffle is 1×1 (kernel_size=1): mixing the 4 sub-pixels needs no neighbours."
         if n == in_ch * out_ch + out_ch:
             return "pixel_unshuffle turns in_ch channels into 4·in_ch: build the conv with 4 * in_ch inputs."
+        if n == 4 * in_ch * out_ch:
+            return "the 1×1 conv keeps its bias: nn.Conv2d(4 * in_ch, out_ch, kernel_size=1)."
         return "one nn.Conv2d(4 * in_ch, out_ch, kernel_size=1) after F.pixel_unshuffle(x, 2)."
 
     return check_module(cls, RearrangePool, [(8, 8), (4, 16)], lambda a: (_images(a[0]),), name="RearrangePool",
@@ -600,6 +650,10 @@ def group_norm_slips(x, groups, weight, bias, eps: float = 1e-5) -> list[Slip]:
              lambda: normalise(by_group) * shift + scale),
         Slip("weight and bias are not applied: multiply by weight and add bias, per channel.",
              lambda: normalise(by_group)),
+        Slip("divide by the standard deviation √(var + eps), not by the variance.",
+             lambda: ((x.reshape(by_group) - x.reshape(by_group).mean(-1, keepdim=True))
+                      / (x.reshape(by_group).var(-1, unbiased=False, keepdim=True) + eps)).reshape(x.shape) * scale
+             + shift),
     ]
 
 
@@ -620,6 +674,8 @@ def check_group_norm(fn) -> CheckResult:
         (torch.randn(3, 6, 5, 7, generator=g), 2, torch.ones(6), torch.zeros(6)),
         (torch.randn(1, 4, 2, 2, generator=g), 4, torch.randn(4, generator=g), torch.randn(4, generator=g)),  # G = C
         (torch.randn(2, 4, 3, 4, generator=g) - 2, 2, torch.rand(4, generator=g) + 0.5, torch.randn(4, generator=g)),
+        # nearly constant groups (variance ≈ 1e-6 < eps): where eps sits shows
+        (1e-3 * torch.randn(2, 4, 3, 3, generator=g), 2, torch.rand(4, generator=g) + 0.5, torch.randn(4, generator=g)),
     ]
 
     def reference(x, groups, weight, bias):

@@ -145,11 +145,13 @@ DDIM_SIGMA = Formula("σ = η·√((1 − ᾱ_prev)/(1 − ᾱ_t))·√(1 − �
 
 
 def _ddim_coefficients(schedule: Schedule, t: torch.Tensor, t_prev, eta: float, *, sigma_formula: Formula = DDIM_SIGMA,
-                       prev_of_minus_one: float = 1.0) -> dict[str, torch.Tensor]:
-    """The DDIM coefficients per sample; ``sigma_formula`` and ᾱ at t_prev = −1 can be swapped for a slip's."""
+                       prev_of_minus_one: float = 1.0, prev_shift: int = 0) -> dict[str, torch.Tensor]:
+    """The DDIM coefficients per sample; ``sigma_formula``, ᾱ at t_prev = −1 and the index of ᾱ_prev
+    (``prev_shift``) can be swapped for a slip's."""
     c = schedule_coefficients(schedule, t)
     ab_all = schedule.alpha_bars.detach().cpu().double()
     t_prev = torch.as_tensor(t_prev).long().cpu().expand(len(t))
+    t_prev = torch.where(t_prev >= 0, (t_prev + prev_shift).clamp(0, schedule.T - 1), t_prev)
     ab, ab_prev = c["ᾱ_t"], torch.where(t_prev >= 0, ab_all[t_prev.clamp(min=0)],
                                         torch.full((len(t),), prev_of_minus_one, dtype=torch.float64))
     c.update({"ᾱ_prev": ab_prev, "1 − ᾱ_prev": 1 - ab_prev, "η": torch.full((len(t),), float(eta), dtype=torch.float64),
@@ -171,10 +173,25 @@ def ddim_step_slips(schedule: Schedule, x_t, t, t_prev, eps, eta, z) -> list[Sli
 
     slips = [Slip("for t_prev = −1 use ᾱ_prev = 1 (the clean image): alpha_bars[-1] is the LAST entry, "
                   "ᾱ_(T−1), so the last step must not index alpha_bars.",
-                  output(prev_of_minus_one=float(schedule.alpha_bars[-1])))]
+                  output(prev_of_minus_one=float(schedule.alpha_bars[-1]))),
+             Slip("ᾱ_prev is looked up one step too late: ᾱ_prev = alpha_bars[t_prev] (not t_prev + 1).",
+                  output(prev_shift=1)),
+             Slip("ᾱ_prev is looked up one step too early: ᾱ_prev = alpha_bars[t_prev] (not t_prev − 1, not "
+                  "alpha_bars_prev[t_prev]).", output(prev_shift=-1))]
     slips += [Slip(hint, output(sigma_formula=wrong)) for wrong, hint in formula_slips(DDIM_SIGMA, DDIM_SIGMA)]
     slips += neighbours(DDIM_STEP, lambda steps: _ddim_coefficients(schedule, steps, t_prev, eta), t, operands, x_t)
     return slips
+
+
+def _ddim_hint(student_out, reference_out, args) -> str | None:
+    """NaN (a square root of a negative number) names its cause; else the broadcasting hint."""
+    if isinstance(student_out, torch.Tensor) and not bool(torch.isfinite(student_out).all()):
+        if not isinstance(args[2], torch.Tensor) and args[2] == -1:
+            return ("your output has NaN at t_prev = −1: use ᾱ_prev = 1 there (the clean image); alpha_bars[-1] is the "
+                    "LAST entry, ᾱ_(T−1), which makes 1 − ᾱ_t/ᾱ_prev negative.")
+        return ("your output has NaN: a square root of a negative number. In σ, 1 − ᾱ_t/ᾱ_prev ≥ 0 because ᾱ_t ≤ "
+                "ᾱ_prev (not ᾱ_prev/ᾱ_t).")
+    return _shape_hint(student_out)
 
 
 def check_ddim_step(fn: Callable, schedule: Schedule) -> CheckResult:
@@ -198,8 +215,7 @@ def check_ddim_step(fn: Callable, schedule: Schedule) -> CheckResult:
     inputs = [case(2, T - 1, T // 2, 0.0), case(3, T // 2, T // 10, 1.0), case(2, T - 1, T - 2, 0.5),
               case(2, T // 3, 1, 0.5), case(2, 5, -1, 0.0)]
     return compare(fn, schedule.ddim_step, inputs, name="ddim_step", atol=1e-4, devices=["cpu"],
-                   diagnose=lambda student_out, reference_out, args: _shape_hint(student_out),
-                   slips=lambda args: ddim_step_slips(schedule, *args))
+                   diagnose=_ddim_hint, slips=lambda args: ddim_step_slips(schedule, *args))
 
 
 class _Oracle:

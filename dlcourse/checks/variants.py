@@ -56,7 +56,7 @@ class Formula:
 
 # Each coefficient and the ones a student mistakes it for, most likely first.
 LOOKALIKES: dict[str, tuple[str, ...]] = {
-    "ᾱ_t": ("α_t", "1 − ᾱ_t", "β_t", "ᾱ_{t−1}"),
+    "ᾱ_t": ("α_t", "1 − ᾱ_t", "β_t", "ᾱ_{t−1}", "ᾱ_prev"),
     "1 − ᾱ_t": ("β_t", "ᾱ_t", "1 − α_t", "β̃_t", "1 − ᾱ_{t−1}"),
     "α_t": ("ᾱ_t", "1 − α_t", "1 − ᾱ_t"),
     "β_t": ("β̃_t", "1 − ᾱ_t", "α_t", "ᾱ_t"),
@@ -66,6 +66,7 @@ LOOKALIKES: dict[str, tuple[str, ...]] = {
     "[t > 0]": ("1", "[t > 1]"),
     "1 − ᾱ_prev − σ²": ("1 − ᾱ_prev", "1 − ᾱ_prev − σ", "1 − ᾱ_prev + σ²", "1 − ᾱ_t − σ²"),
     "σ": ("σ²",),
+    "1 − ᾱ_t/ᾱ_prev": ("1 − ᾱ_prev/ᾱ_t", "ᾱ_t/ᾱ_prev", "1 − ᾱ_t"),
 }
 
 # Why a look-alike is wrong, for the pairs (right, wrong) a student most often confuses.
@@ -128,7 +129,7 @@ def _power_slips(factor: Factor) -> Iterator[tuple[Factor, str]]:
         yield replace(factor, power=p / 2), "an extra square root"
     if abs(p) == 1.0:
         yield replace(factor, power=2 * p), "squared"
-    yield replace(factor, power=-p), "the ratio turned over (it multiplies where it should divide, or the other way)"
+    yield replace(factor, power=-p), "turned upside down: it multiplies where it should divide, or the other way"
 
 
 def coefficient_text(factors: tuple[Factor, ...]) -> str:
@@ -153,29 +154,33 @@ def _whole_coefficient_slips(term: Term, top: Formula) -> Iterator[tuple[Term, s
 
 
 def _term_slips(term: Term, top: Formula) -> Iterator[tuple[Term, str]]:
-    """Every single-point slip inside one term, with its hint."""
-    yield from _whole_coefficient_slips(term, top)
-    for i, factor in enumerate(term.factors):
-        def with_factor(new: Factor | None) -> Term:
-            factors = term.factors[:i] + ((new,) if new else ()) + term.factors[i + 1:]
-            return replace(term, factors=factors)
-
-        for other in LOOKALIKES.get(factor.base, ()):
-            wrong = Factor(other, factor.power)
-            reason = REASONS.get((factor.base, other))
-            yield with_factor(wrong), (f"{term.label} has {wrong} where it needs {factor}"
-                                       + (f" ({reason})" if reason else "") + f": {top.text}.")
-        for wrong, what in _power_slips(factor):
-            yield with_factor(wrong), f"{term.label} has {wrong} where it needs {factor} ({what}): {top.text}."
-        if factor.power == 0.5 and factor.base.startswith("1 − "):
-            wrong = Factor(f"1 − √{factor.base[4:]}")
-            yield with_factor(wrong), (f"{term.label} has {wrong} where it needs {factor} (the square root goes over "
-                                       f"the whole {factor.base}): {top.text}.")
-        yield with_factor(None), f"{term.label} is missing its factor {factor}: {top.text}."
-    yield replace(term, sign=-term.sign), f"{term.label} has the wrong sign: {top.text}."
+    """Every single-point slip inside one term, with its hint: inside a nested operand first (when a slip there
+    and one in the outer factors give the same number, the inner one is the likelier)."""
     if isinstance(term.operand, Formula):
         for inner, hint in formula_slips(term.operand, top):
             yield replace(term, operand=inner), hint
+    yield from _whole_coefficient_slips(term, top)
+
+    def with_factor(i: int, new: Factor | None) -> Term:
+        return replace(term, factors=term.factors[:i] + ((new,) if new else ()) + term.factors[i + 1:])
+
+    # look-alikes first (the commonest confusion), then square roots and ratios, then a factor left out
+    for i, factor in enumerate(term.factors):
+        for other in LOOKALIKES.get(factor.base, ()):
+            wrong = Factor(other, factor.power)
+            reason = REASONS.get((factor.base, other))
+            yield with_factor(i, wrong), (f"{term.label} has {wrong} where it needs {factor}"
+                                          + (f" ({reason})" if reason else "") + f": {top.text}.")
+    for i, factor in enumerate(term.factors):
+        for wrong, what in _power_slips(factor):
+            yield with_factor(i, wrong), f"{term.label} has {wrong} where it needs {factor} ({what}): {top.text}."
+        if factor.power == 0.5 and factor.base.startswith("1 − "):
+            wrong = Factor(f"1 − √{factor.base[4:]}")
+            yield with_factor(i, wrong), (f"{term.label} has {wrong} where it needs {factor} (the square root goes "
+                                          f"over the whole {factor.base}): {top.text}.")
+    for i, factor in enumerate(term.factors):
+        yield with_factor(i, None), f"{term.label} is missing its factor {factor}: {top.text}."
+    yield replace(term, sign=-term.sign), f"{term.label} has the wrong sign: {top.text}."
 
 
 def formula_slips(formula: Formula, top: Formula) -> Iterator[tuple[Formula, str]]:
