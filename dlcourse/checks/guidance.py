@@ -17,7 +17,7 @@ from dlcourse.guidance import cfg_eps, guided_eps_fn, one_hot
 from dlcourse.schedules import Schedule, scaled_linear_betas
 from dlcourse.validation import describe, fail
 
-from .core import CheckResult, Rung, Slip, climb, compare, name_slip, run_student
+from .core import CheckResult, Rung, Slip, Stop, climb, compare, name_slip, run_student
 
 __all__ = ["check_context_mask", "check_cfg_loss", "check_cfg_eps", "check_guided_eps_fn", "mask_rungs",
            "cfg_eps_slips", "RecordingEps"]
@@ -32,8 +32,11 @@ def _rate_rung(dropped: float, p: float, n: int, what: str = "contexts") -> Rung
     """The dropped share of n samples must be p within 4 standard errors; an inverted mask is named."""
     tolerance = 4 * math.sqrt(p * (1 - p) / n)
     evidence = f"with drop_prob = {p}, {dropped:.1%} of {n} {what} were dropped (expected {p:.0%} ± {tolerance:.1%})"
+    gaussian = (1 + math.erf(p / math.sqrt(2))) / 2  # the share a N(0, 1) draw falls below p
     if abs(dropped - (1 - p)) <= tolerance:
         hint = "the mask is inverted: 1 must KEEP the context (probability 1 − drop_prob)."
+    elif abs(dropped - gaussian) <= 4 * math.sqrt(gaussian * (1 - gaussian) / n):
+        hint = "torch.randn draws Gaussian numbers; compare a UNIFORM draw, torch.rand(...), with drop_prob."
     elif abs(dropped - 0.1) <= 4 * math.sqrt(0.09 / n):
         hint = "the drop rate is always 0.1: use the drop_prob you are given, not the default."
     else:
@@ -90,6 +93,8 @@ def check_context_mask(fn: Callable) -> CheckResult:
                  lambda: f"fn({n}, {p}) returned {describe(mask)}, expected a float tensor of shape ({n},)",
                  "one float per sample: torch.rand(batch_size, ...) compared with drop_prob, then .float()."),
             Rung(lambda: not bool(((mask == 0) | (mask == 1)).all()), f"fn({n}, {p}) returned values other than 0 and 1",
+                 lambda: "the mask is rescaled like nn.Dropout's; it is 0 or 1 only: (u >= drop_prob).float()."
+                 if bool(((mask == 0) | ((mask - 1 / (1 - p)).abs() < 1e-6)).all()) else
                  "compare a uniform draw with drop_prob (e.g. torch.rand(B) >= drop_prob)."),
         ])
         return mask.detach().float().cpu()
@@ -115,14 +120,27 @@ class RecordingEps(nn.Module):
         self.calls: list[dict[str, torch.Tensor]] = []
 
     def forward(self, x, t, c=None, c_mask=None):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise Stop(f"the model got x = {describe(x)}", "give the model one batch of images (N, C, H, W): join "
+                       "batches with torch.cat([x_t, x_t]) (torch.stack adds a dimension).")
         n = x.shape[0]
         if c is None:
             c = x.new_zeros(n, self.weight.shape[0])
+        rows = [len(v) for v in (t, c) if isinstance(v, torch.Tensor) and v.dim() > 0]
+        if rows and all(r == 2 * n for r in rows):
+            raise Stop(f"the model got {n} images but {2 * n} steps and contexts",
+                       "double the images too: torch.cat([x_t, x_t]) goes with torch.cat([t, t]) and [c; 0].")
+        if not isinstance(t, torch.Tensor) or tuple(t.shape) != (n,):
+            raise Stop(f"the model got {n} images but t = {describe(t)}",
+                       "one step per image: when the images are [x_t; x_t], the steps are torch.cat([t, t]).")
         if not isinstance(c, torch.Tensor) or tuple(c.shape) != (n, self.weight.shape[0]):
-            raise fail("model: c", f"one context row per image, shape ({n}, {self.weight.shape[0]})", describe(c))
+            raise Stop(f"the model got {n} images but c = {describe(c)}",
+                       f"one context row per image, shape ({n}, {self.weight.shape[0]}): with [x_t; x_t] the contexts "
+                       "are torch.cat([c, torch.zeros_like(c)]); a mask multiplies c as c * mask[:, None].")
         if c_mask is not None:
             if not isinstance(c_mask, torch.Tensor) or tuple(c_mask.shape) != (n,):
-                raise fail("model: c_mask", f"shape ({n},): one 1/0 per image", describe(c_mask))
+                raise Stop(f"the model got {n} images but c_mask = {describe(c_mask)}",
+                           f"c_mask has one 1/0 per image, shape ({n},).")
             c = c * c_mask.to(c.dtype)[:, None]
         self.calls.append({"x": x.detach().clone(), "t": t.detach().clone(), "c": c.detach().clone()})
         return self.a[t].view(-1, 1, 1, 1) * x + (c @ self.weight)[:, :, None, None]
@@ -141,6 +159,12 @@ def _kept_rows(c_seen: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, tor
     return (c_seen == c).all(1), (c_seen == 0).all(1)
 
 
+def _cfg_loss_error_hint(error: Exception) -> str | None:
+    if "must match the size" in str(error):
+        return "c has shape (N, context_dim) and the mask (N,): multiply row by row, c * mask[:, None]."
+    return None
+
+
 def _run_cfg_loss(fn, schedule, n: int, p: float, seed: int, global_seed: int = 0):
     """One call of the learner's cfg_loss on a recording model: (loss, x0, c, the model's one call, model)."""
     name = "cfg_loss"
@@ -148,7 +172,8 @@ def _run_cfg_loss(fn, schedule, n: int, p: float, seed: int, global_seed: int = 
     x0 = torch.rand(n, *_SHAPE, generator=g) * 2 - 1
     c = one_hot(torch.arange(n) % _CLASSES, _CLASSES)
     model = RecordingEps(_T, _CLASSES, _SHAPE[0])
-    loss = run_student(fn, (model, x0, c, schedule, p, torch.Generator().manual_seed(seed)), name, seed=global_seed)
+    loss = run_student(fn, (model, x0, c, schedule, p, torch.Generator().manual_seed(seed)), name, seed=global_seed,
+                       error_hint=_cfg_loss_error_hint)
     climb(name, [
         Rung(lambda: not isinstance(loss, torch.Tensor) or loss.numel() != 1 or not loss.requires_grad,
              f"returned {describe(loss)}, expected the loss as a one-element tensor with a gradient",
