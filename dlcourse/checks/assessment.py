@@ -184,7 +184,8 @@ def check_guided_eps(fn: Callable) -> CheckResult:
             out = run_student(fn, (model, x, t, c, w), f"{name}(model, x_t, t, c, w={w:g})")
         calls, where = list(model.calls), f"with w = {w:g}, "
         want = guided_eps_fn(model, c, w)(x, t)
-        value_rungs, diff = guided_value_rungs(out, want, model.predict(x, t, c), model.predict(x, t, 0 * c), w, where)
+        value_rungs, diff = guided_value_rungs(out, want, model.predict(x, t, c), model.predict(x, t, 0 * c), w, where,
+                                               what=name)
         climb(name, guided_call_rungs(calls, x, t, c, where) + value_rungs)
         worst = max(worst, diff)
     print(f"✅ {name}: one model call on [x_t; x_t] with contexts [c; 0], and ε̃ = (1 + w)·ε_c − w·ε_u on 4 guidance "

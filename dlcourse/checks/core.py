@@ -197,12 +197,15 @@ def _show_value(v) -> str:
     """A value as the evidence shows it: small tensors in full, others by shape and dtype; never cut."""
     if isinstance(v, torch.Tensor):
         if v.numel() <= 8 and v.dim() <= 1:
-            return f"tensor {v.tolist()}"
+            values = v.tolist() if not v.is_floating_point() else [float(f"{u:.6g}") for u in v.reshape(-1).tolist()]
+            return f"tensor {values}"
         return f"tensor of shape {tuple(v.shape)}, {str(v.dtype).replace('torch.', '')}"
     if isinstance(v, Schedule):
         return f"Schedule(T={v.T}, {str(v.dtype).replace('torch.', '')})"
     if isinstance(v, nn.Module):
         return type(v).__name__
+    if isinstance(v, torch.Generator):
+        return f"Generator(seed={v.initial_seed()})"
     if isinstance(v, (tuple, list)):
         inner = ", ".join(_show_value(u) for u in v)
         return f"({inner})" if isinstance(v, tuple) else f"[{inner}]"

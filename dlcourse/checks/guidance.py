@@ -338,7 +338,7 @@ def guided_call_rungs(calls, x, t, c, where: str) -> list[Rung]:
     ]
 
 
-def guided_value_rungs(out, want, eps_cond, eps_uncond, w: float, where: str) -> list[Rung]:
+def guided_value_rungs(out, want, eps_cond, eps_uncond, w: float, where: str, what: str = "eps_fn") -> list[Rung]:
     """ε̃ of shape (N, …) equal to (1 + w)·ε_c − w·ε_u, with the usual wrong combinations named."""
     n = len(want)
     shaped = isinstance(out, torch.Tensor) and out.shape == want.shape
@@ -354,14 +354,14 @@ def guided_value_rungs(out, want, eps_cond, eps_uncond, w: float, where: str) ->
                   "eps.chunk(2), then (1 + w)·eps_cond − w·eps_uncond.", lambda: eps_uncond)]
     return [
         Rung(lambda: isinstance(out, torch.Tensor) and out.dim() == want.dim() and out.shape[0] == 2 * n,
-             where + f"eps_fn returned {describe(out)}: all 2N outputs",
+             where + f"{what} returned {describe(out)}: all 2N outputs",
              "split the 2N outputs into the conditional and the unconditional half, eps.chunk(2), "
-             "and combine them with cfg_eps."),
-        Rung(lambda: not shaped, where + f"eps_fn returned {describe(out)}, expected shape {tuple(want.shape)}",
+             "and combine them: (1 + w)·eps_cond − w·eps_uncond."),
+        Rung(lambda: not shaped, where + f"{what} returned {describe(out)}, expected shape {tuple(want.shape)}",
              "return one ε̃ per image: (1 + w)·eps_cond − w·eps_uncond, shaped like x_t."),
         Rung(lambda: diff > 1e-5, where + f"ε̃ differs from (1 + w)·ε(x_t, c) − w·ε(x_t) by up to {diff:.3g}",
              lambda: name_slip(out, slips) or "split the output with eps_cond, eps_uncond = eps.chunk(2) and "
-                                                "return cfg_eps(eps_cond, eps_uncond, w)."),
+                                                "return (1 + w)·eps_cond − w·eps_uncond."),
     ], (diff if shaped else 0.0)
 
 

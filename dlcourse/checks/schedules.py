@@ -205,6 +205,7 @@ def check_ddim_step(fn: Callable, schedule: Schedule) -> CheckResult:
         raise fail("fn", "your ddim_step function", describe(fn))
     if not isinstance(schedule, Schedule):
         raise fail("schedule", "the lesson's Schedule", describe(schedule))
+    schedule = schedule.to("cpu")  # the lesson's may live on the GPU; the check runs on the cpu
     gen = torch.Generator().manual_seed(7)
     T = schedule.T
 
