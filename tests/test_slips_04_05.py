@@ -62,9 +62,9 @@ def loss(model, x0, c, schedule, drop_prob=0.1, generator=None, slip=None):
     low, high = (1, schedule.T) if slip == "t from 1" else (0, schedule.T - 1 if slip == "t to T-2" else schedule.T)
     t = torch.randint(low, high, (1 if slip == "one t" else n,), generator=g).expand(n)
     noise = torch.rand(x0.shape, generator=g) if slip == "uniform" else torch.randn(x0.shape, generator=g)
-    if slip == "sqrt beta":
+    if slip in ("sqrt beta", "noise unscaled"):
         ab, beta = schedule.alpha_bars[t].view(-1, 1, 1, 1), schedule.betas[t].view(-1, 1, 1, 1)
-        x_t = ab.sqrt() * x0 + beta.sqrt() * noise
+        x_t = ab.sqrt() * x0 + (beta.sqrt() if slip == "sqrt beta" else 1) * noise
     else:
         x_t = schedule.q_sample(x0 * m[:, None, None, None] if slip == "mask on image" else x0, t, noise)
     context = {"dropout": lambda: F.dropout(c, p), "mask on image": lambda: c, "flat mask": lambda: c * m,
@@ -89,9 +89,10 @@ def loss(model, x0, c, schedule, drop_prob=0.1, generator=None, slip=None):
     ("t to T-2", "t is 0-based"),
     ("one t", "one t per sample"),
     ("uniform", "the noise is Gaussian"),
-    ("sqrt beta", "x_t = schedule.q_sample(x0, t, noise)"),
+    ("sqrt beta", "the noise is scaled by √β_t"),
+    ("noise unscaled", "the noise is added unscaled"),
     ("x0 target", "the target is the noise ε, not x0"),
-    ("l1", "the loss is the mean squared error"),
+    ("l1", "that is the mean absolute error"),
     ("global rng", "pass generator= to every random draw"),
     ("two calls", "call the model once"),
     ("item", "not loss.item()"),

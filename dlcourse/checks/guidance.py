@@ -52,7 +52,7 @@ def mask_rungs(draw: Callable[..., torch.Tensor], what: str = "contexts") -> lis
     """
     masks = [draw(64, 0.5, seed) for seed in range(8)]
     rungs = [Rung(lambda: all(bool((m == m[0]).all()) for m in masks),
-                  f"with drop_prob = 0.5 every batch of 64 was kept or dropped as a whole (8 batches)", ONCE_PER_BATCH),
+                  "with drop_prob = 0.5 every batch of 64 was kept or dropped as a whole (8 batches)", ONCE_PER_BATCH),
              Rung(lambda: not torch.equal(draw(64, 0.5, 1, 1), draw(64, 0.5, 1, 2)),
                   "the same generator seed gave different masks (the global random state decided)",
                   "draw with the generator you are given: torch.rand(batch_size, generator=generator, device=...)."),
@@ -235,8 +235,21 @@ def _step_rungs(call, x0, schedule) -> list[Rung]:
         Rung(lambda: abs(noise.std().item() - 1) > 0.1 or abs(noise.mean().item()) > 0.1,
              lambda: f"the x_t the model received does not look like q_sample(x0, t, ε) with ε ~ N(0, I) "
                      f"(implied ε has mean {noise.mean():.2f}, std {noise.std():.2f})",
-             "x_t = schedule.q_sample(x0, t, noise) = √ᾱ_t·x0 + √(1 − ᾱ_t)·noise, noise = torch.randn(...)."),
+             lambda: _noise_scale_hint(x, t, x0, schedule)),
     ]
+
+
+def _noise_scale_hint(x: torch.Tensor, t: torch.Tensor, x0: torch.Tensor, schedule: Schedule) -> str:
+    """Which scale of the noise makes x_t = √ᾱ_t·x0 + scale·ε hold with ε ~ N(0, I)."""
+    ab, beta = schedule.alpha_bars[t].view(-1, 1, 1, 1), schedule.betas[t].view(-1, 1, 1, 1)
+    rest = x - ab.sqrt() * x0
+    for scale, hint in ((beta.sqrt(), "the noise is scaled by √β_t; q_sample scales it by √(1 − ᾱ_t)."),
+                        (1 - ab, "the noise is scaled by 1 − ᾱ_t; q_sample scales it by its square root √(1 − ᾱ_t)."),
+                        (torch.ones_like(ab), "the noise is added unscaled; q_sample scales it by √(1 − ᾱ_t).")):
+        implied = rest / scale
+        if abs(implied.std().item() - 1) < 0.1 and abs(implied.mean().item()) < 0.1:
+            return hint
+    return "x_t = schedule.q_sample(x0, t, noise) = √ᾱ_t·x0 + √(1 − ᾱ_t)·noise, noise = torch.randn(...)."
 
 
 def _loss_rungs(loss, call, x0, schedule, model) -> tuple[list[Rung], float]:
@@ -244,9 +257,12 @@ def _loss_rungs(loss, call, x0, schedule, model) -> tuple[list[Rung], float]:
     out = model.predict(call["x"], call["t"], call["c"])
     noise = schedule.predict_eps(call["x"], call["t"], x0)
     expected, got = (out - noise).square().mean().item(), loss.item()
-    hint = ("the target is the noise ε, not x0." if math.isclose(got, (out - x0).square().mean().item(), rel_tol=1e-4)
-            else "the loss is the mean squared error between the model's output and the noise: "
-                 "F.mse_loss(eps_pred, noise).")
+    if math.isclose(got, (out - x0).square().mean().item(), rel_tol=1e-4):
+        hint = "the target is the noise ε, not x0."
+    elif math.isclose(got, (out - noise).abs().mean().item(), rel_tol=1e-4):
+        hint = "that is the mean absolute error; the loss is the mean SQUARED error, F.mse_loss(eps_pred, noise)."
+    else:
+        hint = "the loss is the mean squared error between the model's output and the noise: F.mse_loss(eps_pred, noise)."
     return [Rung(lambda: not math.isclose(got, expected, rel_tol=1e-4, abs_tol=1e-6),
                  f"loss {got:.6g}, expected {expected:.6g} for what the model received", hint)], abs(got - expected)
 
