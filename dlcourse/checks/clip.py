@@ -28,21 +28,20 @@ def contrastive_slips(image_features, text_features, logit_scale) -> list[Slip]:
              lambda: F.cross_entropy(logits.T, labels)),
         Slip("the features are not L2-normalised: divide each row by its norm (F.normalize(x, dim=-1)) before the "
              "dot products, so S holds cosine similarities.",
-             lambda: (F.cross_entropy(raw, labels) + F.cross_entropy(raw.T, labels)) / 2),
+             lambda: _symmetric(raw, labels)),
         Slip("the temperature is applied the wrong way: logit_scale is s = 1/τ, so MULTIPLY the cosine similarities "
              "by it (dividing by s multiplies by τ and flattens the softmax).",
-             lambda: (F.cross_entropy(f @ g.T / logit_scale, labels) + F.cross_entropy((f @ g.T / logit_scale).T, labels)) / 2),
+             lambda: _symmetric(f @ g.T / logit_scale, labels)),
         Slip("the temperature is missing: multiply the cosine similarities by logit_scale.",
-             lambda: (F.cross_entropy(f @ g.T, labels) + F.cross_entropy(g @ f.T, labels)) / 2),
+             lambda: _symmetric(f @ g.T, labels)),
         Slip("the labels must be torch.arange(N): pair i matches pair i, so the right answer of row i is column i "
              "(not class 0, and not the flowers' class labels).",
-             lambda: (F.cross_entropy(logits, torch.zeros_like(labels)) + F.cross_entropy(logits.T, torch.zeros_like(labels))) / 2),
+             lambda: _symmetric(logits, torch.zeros_like(labels))),
         Slip("the loss should be the MEAN of the two cross-entropies (½ of their sum), not their sum.",
              lambda: F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)),
         Slip("logit_scale is already the scale s = 1/τ: multiply by it, do not exponentiate it (TinyCLIP.scale() "
              "has done the exp).",
-             lambda: (F.cross_entropy(torch.exp(torch.as_tensor(logit_scale)) * f @ g.T, labels)
-                      + F.cross_entropy(torch.exp(torch.as_tensor(logit_scale)) * g @ f.T, labels)) / 2),
+             lambda: _symmetric(torch.exp(torch.as_tensor(logit_scale)) * f @ g.T, labels)),
         Slip("the features are normalised along the batch (dim=0); normalise each ROW, F.normalize(x, dim=-1).",
              lambda: _symmetric(logit_scale * F.normalize(image_features, dim=0) @ F.normalize(text_features, dim=0).T,
                                 labels)),

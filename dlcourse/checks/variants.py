@@ -19,7 +19,8 @@ from dlcourse.schedules import Schedule
 
 from .core import Slip
 
-__all__ = ["Factor", "Term", "Formula", "evaluate", "neighbours", "formula_slips", "coefficient_text", "schedule_coefficients", "LOOKALIKES"]
+__all__ = ["Factor", "Term", "Formula", "evaluate", "neighbours", "formula_slips", "coefficient_text",
+           "schedule_coefficients", "LOOKALIKES", "REASONS"]
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class Formula:
 # Each coefficient and the ones a student mistakes it for, most likely first.
 LOOKALIKES: dict[str, tuple[str, ...]] = {
     "ᾱ_t": ("α_t", "1 − ᾱ_t", "β_t", "ᾱ_{t−1}", "ᾱ_prev"),
-    "1 − ᾱ_t": ("β_t", "ᾱ_t", "1 − α_t", "β̃_t", "1 − ᾱ_{t−1}"),
+    "1 − ᾱ_t": ("β_t", "ᾱ_t", "β̃_t", "1 − ᾱ_{t−1}"),
     "α_t": ("ᾱ_t", "1 − α_t", "1 − ᾱ_t"),
     "β_t": ("β̃_t", "1 − ᾱ_t", "α_t", "ᾱ_t"),
     "β̃_t": ("β_t", "1 − ᾱ_t"),
