@@ -16,6 +16,7 @@ and outputs when the weights can be copied; when they cannot, it says so instead
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -214,10 +215,23 @@ def _show_value(v) -> str:
     return repr(v)
 
 
-def _show_args(args) -> str:
+def _show_args(args, names: Sequence[str] = ()) -> str:
+    """The arguments as the evidence shows them, each named after the learner's parameter when known."""
     if isinstance(args, dict):
         return ", ".join(f"{k}={_show_value(v)}" for k, v in args.items())
-    return ", ".join(_show_value(v) for v in args)
+    shown = [_show_value(v) for v in args]
+    return ", ".join(f"{n}={v}" for n, v in zip(names, shown)) if len(names) >= len(shown) else ", ".join(shown)
+
+
+def _parameter_names(fn) -> list[str]:
+    """The names of ``fn``'s positional parameters ([] when it takes *args or cannot be inspected)."""
+    try:
+        parameters = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    if any(p.kind is p.VAR_POSITIONAL for p in parameters):
+        return []
+    return [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
 
 def _outputs(value) -> list:
@@ -302,7 +316,7 @@ def compare(student: Callable, reference: Callable, inputs: Sequence, *, name: s
     if not isinstance(inputs, (list, tuple)) or not inputs or not all(isinstance(a, (tuple, dict)) for a in inputs):
         raise fail("inputs", "a non-empty list of argument tuples or kwargs dicts", describe(inputs))
     devices = list(devices) if devices is not None else default_devices()
-    worst, ran, notes = 0.0, [], []
+    worst, ran, notes, names = 0.0, [], [], _parameter_names(student)
     for device in devices:
         where = "" if device == "cpu" else f" on {device}"
         try:
@@ -318,7 +332,7 @@ def compare(student: Callable, reference: Callable, inputs: Sequence, *, name: s
                 error, reference_out, moved, None, diagnose))
             problem, diff = _difference(student_out, reference_out, atol, rtol)
             if problem:
-                raise failure(name, f"on input ({_show_args(args)}){where}, {problem}",
+                raise failure(name, f"on input ({_show_args(args, names)}){where}, {problem}",
                               _hint(student_out, reference_out, moved, slips, diagnose, atol, rtol))
             worst = max(worst, diff)
         ran.append(device)
