@@ -46,12 +46,12 @@ def q_sample(schedule, x0, t, noise, slip=None):
 
 
 @pytest.mark.parametrize("slip, hint", [
-    ("sqrt beta", "you used √β_t instead of √(1 − ᾱ_t)"),
-    ("abar unsquared", "scaled by ᾱ_t"),
-    ("unscaled noise", "added unscaled"),
+    ("sqrt beta", "the noise term has √β_t where it needs √(1 − ᾱ_t)"),
+    ("abar unsquared", "the x0 term has ᾱ_t where it needs √ᾱ_t"),
+    ("unscaled noise", "the noise term is missing its factor √(1 − ᾱ_t)"),
     ("swapped", "swapped"),
     ("t - 1", "0-based"),
-    ("one-step alpha", "cumulative product"),
+    ("one-step alpha", "you used α_t throughout where the formula has ᾱ_t"),
     ("not reshaped", "reshape it to (N, 1, 1, 1)"),
 ])
 def test_check_q_sample_names_the_slip(slip, hint):
@@ -94,11 +94,11 @@ def ddpm_step(schedule, x_t, t, eps_pred, noise, variance="beta", slip=None):
 
 
 @pytest.mark.parametrize("slip, hint", [
-    ("sqrt beta", "you used √β_t instead of β_t/√(1 − ᾱ_t)"),
-    ("sqrt(1 - abar)", "you used √(1 − ᾱ_t) instead of β_t/√(1 − ᾱ_t)"),
-    ("noise at 0", "noise is added at t = 0"),
-    ("no noise", "no noise is added at t > 0"),
-    ("variance", "variance='beta_tilde' was asked for"),
+    ("sqrt beta", "the ε_θ term has the coefficient √β_t where it needs β_t/√(1 − ᾱ_t)"),
+    ("sqrt(1 - abar)", "the ε_θ term has the coefficient √(1 − ᾱ_t) where it needs β_t/√(1 − ᾱ_t)"),
+    ("noise at 0", "the last step, t = 0, adds no noise"),
+    ("no noise", "the noise term is missing"),
+    ("variance", "the noise term has √β_t where it needs √β̃_t"),
 ])
 def test_check_ddpm_step_names_the_slip(slip, hint):
     with pytest.raises(AssertionError, match="❌ ddpm_step") as info:
