@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from dlcourse.schedules import PREDICTIONS, Schedule, gather
+from dlcourse.schedules import PREDICTIONS, Schedule, check_prediction, gather
 from dlcourse.validation import check_float_tensor, check_positive_int, check_real, check_timesteps, describe, fail
 
 __all__ = ["OBJECTIVES", "WEIGHTINGS", "prediction_target", "flow_time", "flow_interpolant", "flow_velocity",
@@ -41,13 +41,12 @@ def prediction_target(schedule: Schedule, x0: torch.Tensor, noise: torch.Tensor,
         x̂_0-prediction:  x_0
         v-prediction:    v = √ᾱ_t ε − √(1 − ᾱ_t) x_0   (``schedule.v_target``)
     """
+    check_prediction(prediction)
     if prediction == "eps":
         return noise
     if prediction == "x0":
         return x0
-    if prediction == "v":
-        return schedule.v_target(x0, noise, t)
-    raise fail("prediction", "'eps', 'x0' or 'v'", describe(prediction))
+    return schedule.v_target(x0, noise, t)
 
 
 def flow_time(t: torch.Tensor, T: int) -> torch.Tensor:

@@ -271,6 +271,7 @@ class Schedule:
         """
         if variance not in ("beta", "beta_tilde"):
             raise fail("variance", "'beta' (σ² = β_t) or 'beta_tilde' (σ² = β̃_t)", describe(variance))
+        check_prediction(prediction)
         x = self._check(x_t, t, "x_t")
         _check_like(eps_pred, x_t, "eps_pred", "x_t")
         eps = self.convert(x_t, t, eps_pred, prediction).to(x.dtype)
@@ -301,6 +302,7 @@ class Schedule:
         """
         _check_x0_mode(x0_mode, percentile)
         eta = check_eta(eta)
+        check_prediction(prediction)
         x = self._check(x_t, t, "x_t")
         _check_like(eps_pred, x_t, "eps_pred", "x_t")
         eps = self.convert(x_t, t, eps_pred, prediction).to(x.dtype)
