@@ -125,7 +125,8 @@ def diffusion_loss(model: Callable, x0: torch.Tensor, t: torch.Tensor | None, sc
     if weighting not in WEIGHTINGS:
         raise fail("weighting", "'uniform' or 'min_snr' (Hang et al. 2023)", describe(weighting))
     if weighting == "min_snr" and prediction == "flow":
-        raise fail("weighting", "'uniform' with prediction='flow' (min-SNR weights a diffusion loss)", describe(weighting))
+        raise fail("weighting", "'uniform' with prediction='flow' (min-SNR weights a diffusion loss)",
+                   describe(weighting))
     check_float_tensor(x0, "x0")
     t, noise = _draw(x0, schedule.T, t, noise, generator)
     check_timesteps(t, "t", schedule.T, batch=x0.shape[0])

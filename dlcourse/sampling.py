@@ -200,6 +200,9 @@ def dpm_solver_pp_2m_step(schedule: Schedule, x_t: torch.Tensor, t: int, t_next:
     ``t_next = −1`` (ᾱ = 1, λ = ∞) returns x̂_0, the limit of the first-order step.
     """
     _check_times(schedule, t, t_next, t_prev)
+    for name, value in (("x0_pred", x0_pred), ("x0_prev", x0_prev)):
+        if value is not None and (not isinstance(value, torch.Tensor) or value.shape != x_t.shape):
+            raise fail(name, f"a tensor of the shape of x_t {tuple(x_t.shape)}", describe(value))
     if (x0_prev is None) != (t_prev is None):
         raise fail("x0_prev", "given together with t_prev (both, for the second-order step, or neither)",
                    f"x0_prev {describe(x0_prev)}, t_prev {describe(t_prev)}")
@@ -289,7 +292,8 @@ def _karras_sample(eps_fn, schedule, shape, steps, rho, heun, x_T, generator, de
         return s / a
 
     def eps_at(x_tilde: torch.Tensor, t: int) -> torch.Tensor:
-        return _denoised(eps_fn, schedule, _alpha_sigma(schedule, t)[0] * x_tilde, t, prediction, x0_mode, percentile)[1]
+        x_t = _alpha_sigma(schedule, t)[0] * x_tilde
+        return _denoised(eps_fn, schedule, x_t, t, prediction, x0_mode, percentile)[1]
 
     x = x / _alpha_sigma(schedule, ts[0])[0]
     with torch.no_grad():

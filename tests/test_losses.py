@@ -66,7 +66,8 @@ def test_convert_round_trips_an_arbitrary_output(three):
 
 
 def test_convert_from_v_by_hand(three):
-    x_t, v, t = torch.tensor([[2.0]], dtype=torch.float64), torch.tensor([[1.0]], dtype=torch.float64), torch.tensor([1])
+    x_t, v = torch.tensor([[2.0]], dtype=torch.float64), torch.tensor([[1.0]], dtype=torch.float64)
+    t = torch.tensor([1])
     r = math.sqrt(0.5)  # ᾱ_1 = 0.5: a = b = 1/√2
     assert three.convert(x_t, t, v, "v", "eps").item() == pytest.approx(r * 2 + r * 1)
     assert three.convert(x_t, t, v, "v", "x0").item() == pytest.approx(r * 2 - r * 1)

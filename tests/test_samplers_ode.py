@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 
-from dlcourse.sampling import (ddim_sample, dpm_solver_pp_2m_sample, dpm_solver_pp_2m_step, euler_sample, euler_step,
-                               heun_sample, karras_sigmas, karras_timesteps)
+from dlcourse.sampling import (ddim_sample, ddpm_sample, dpm_solver_pp_2m_sample, dpm_solver_pp_2m_step, euler_sample,
+                               euler_step, heun_sample, karras_sigmas, karras_timesteps)
 from dlcourse.schedules import Schedule, cosine_betas, linear_betas, scaled_linear_betas
 
 MU, S = 0.3, 0.5
@@ -81,24 +81,27 @@ def test_second_order_samplers_follow_the_exact_ode(schedule_name, sampler, rms_
 def test_samplers_are_deterministic_for_a_seed_and_run_in_float32(sampler):
     schedule = Schedule(scaled_linear_betas(100))
     eps_fn = gaussian_eps_fn(schedule)
-    draw = lambda seed: SAMPLERS[sampler](eps_fn, schedule, (500, 2), steps=20, progress=False, device="cpu",  # noqa: E731
-                                          generator=torch.Generator().manual_seed(seed))
+
+    def draw(seed):
+        return SAMPLERS[sampler](eps_fn, schedule, (500, 2), steps=20, progress=False, device="cpu",
+                                 generator=torch.Generator().manual_seed(seed))
+
     first, again, other = draw(1), draw(1), draw(2)
     assert first.dtype == torch.float32 and torch.equal(first, again) and not torch.equal(first, other)
     assert first.mean().item() == pytest.approx(MU, abs=0.06)
     assert first.std().item() == pytest.approx(S, abs=STD_TOLERANCE[sampler, 20] + 0.04)  # 1000 values
 
 
-@pytest.mark.parametrize("sampler", [*SAMPLERS, "ddim"])
+@pytest.mark.parametrize("sampler", [*SAMPLERS, "ddim", "ddpm"])
 @pytest.mark.parametrize("prediction", ["x0", "v"])
 def test_every_prediction_type_samples_alike(sampler, prediction):
     """A network that predicts x̂_0 or v, passed with prediction=, gives the ε network's samples."""
     schedule, xT = SCHEDULES["scaled linear 200"](), x_T(n=200)
-    fn = ddim_sample if sampler == "ddim" else SAMPLERS[sampler]
-    kwargs = dict(steps=10, x_T=xT, progress=False, x0_mode="clip")
-    same = fn(gaussian_eps_fn(schedule), schedule, tuple(xT.shape), **kwargs)
-    other = fn(gaussian_eps_fn(schedule, prediction), schedule, tuple(xT.shape), prediction=prediction, **kwargs)
-    assert torch.allclose(other, same, atol=1e-9)
+    fn = {"ddim": ddim_sample, "ddpm": ddpm_sample}.get(sampler) or SAMPLERS[sampler]
+    kwargs = dict(x_T=xT, progress=False, x0_mode="clip", **({} if sampler == "ddpm" else {"steps": 10}))
+    draw = lambda prediction: fn(gaussian_eps_fn(schedule, prediction), schedule, tuple(xT.shape),  # noqa: E731
+                                 prediction=prediction, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert torch.allclose(draw(prediction), draw("eps"), atol=1e-9)
 
 
 @pytest.mark.parametrize("fn", [*SAMPLERS.values(), ddim_sample])
@@ -152,6 +155,8 @@ def test_dpm_solver_pp_step_errors(three):
         dpm_solver_pp_2m_step(three, x, 1, 1, x)
     with pytest.raises(ValueError, match="t_prev: expected the step before t"):
         dpm_solver_pp_2m_step(three, x, 1, 0, x, x, 1)
+    with pytest.raises(ValueError, match=r"x0_pred: expected a tensor of the shape of x_t \(1, 1\)"):
+        dpm_solver_pp_2m_step(three, x, 1, 0, torch.zeros(2, 1))
     with pytest.raises(ValueError, match="x0_prev: expected given together with t_prev"):
         dpm_solver_pp_2m_step(three, x, 1, 0, x, x)
 
