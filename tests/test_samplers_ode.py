@@ -14,18 +14,19 @@ import torch
 
 from dlcourse.sampling import (ddim_sample, ddpm_sample, dpm_solver_pp_2m_sample, dpm_solver_pp_2m_step, euler_sample,
                                euler_step, heun_sample, karras_sigmas, karras_timesteps)
+from dlcourse.guidance import guided_eps_fn
 from dlcourse.schedules import Schedule, cosine_betas, linear_betas, scaled_linear_betas
 
 MU, S = 0.3, 0.5
 N = 20_000
 
 
-def gaussian_eps_fn(schedule: Schedule, prediction: str = "eps"):
-    """The exact ε (or x̂_0, or v) of data N(μ, s²)."""
+def gaussian_eps_fn(schedule: Schedule, prediction: str = "eps", mu=MU):
+    """The exact ε (or x̂_0, or v) of data N(μ, s²); ``mu`` a number or a tensor that broadcasts against x."""
     def eps_fn(x, t):
         ab = schedule.alpha_bars[t].reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
         a, b = ab.sqrt(), (1 - ab).sqrt()
-        eps = b * (x - a * MU) / (a * a * S * S + b * b)
+        eps = b * (x - a * mu) / (a * a * S * S + b * b)
         x0 = (x - b * eps) / a
         return {"eps": eps, "x0": x0, "v": a * eps - b * x0}[prediction]
     return eps_fn
@@ -102,6 +103,25 @@ def test_every_prediction_type_samples_alike(sampler, prediction):
     draw = lambda prediction: fn(gaussian_eps_fn(schedule, prediction), schedule, tuple(xT.shape),  # noqa: E731
                                  prediction=prediction, generator=torch.Generator().manual_seed(0), **kwargs)
     assert torch.allclose(draw(prediction), draw("eps"), atol=1e-9)
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_guided_eps_samples_the_guided_gaussian(sampler):
+    """guided_eps_fn unchanged: for Gaussians, (1 + w)·ε(μ_c) − w·ε(μ_u) is the exact ε of N((1 + w)μ_c − wμ_u, s²)."""
+    schedule, xT = SCHEDULES["scaled linear 200"](), x_T(n=4000)
+    mu_c, mu_u, w = 0.3, 0.1, 2.0
+
+    def model(x, t, c, c_mask):  # the conditional branch has mean μ_c·c, the null context (c = 0) mean μ_u
+        mu = torch.where(c_mask[:, None] > 0, mu_c * c, torch.full_like(c, mu_u))
+        return gaussian_eps_fn(schedule, mu=mu)(x, t)
+
+    guided = guided_eps_fn(model, torch.ones(len(xT), 1, dtype=torch.float64), w)
+    kwargs = dict(steps=50, x_T=xT, progress=False, x0_mode="none")
+    x = SAMPLERS[sampler](guided, schedule, tuple(xT.shape), **kwargs)
+    assert x.mean().item() == pytest.approx((1 + w) * mu_c - w * mu_u, abs=0.03)
+    exact_eps_fn = gaussian_eps_fn(schedule, mu=(1 + w) * mu_c - w * mu_u)
+    plain = SAMPLERS[sampler](exact_eps_fn, schedule, tuple(xT.shape), **kwargs)
+    assert torch.allclose(x, plain, atol=1e-9)
 
 
 @pytest.mark.parametrize("fn", [*SAMPLERS.values(), ddim_sample])
