@@ -100,7 +100,7 @@ SELF_SLIPS = {
 
 @pytest.mark.parametrize("slip", sorted(SELF_SLIPS))
 def test_self_attention_slips_are_named(slip):
-    with pytest.raises(AssertionError, match=r"(?s)❌ SelfAttention2d\(.*Hint: .*" + SELF_SLIPS[slip]):
+    with pytest.raises(AssertionError, match=r"(?s)❌ SelfAttention2d\([^\n]*" + SELF_SLIPS[slip]):
         check_self_attention(student(slip))
 
 
@@ -118,7 +118,7 @@ CROSS_SLIPS = {
 
 @pytest.mark.parametrize("slip", sorted(CROSS_SLIPS))
 def test_cross_attention_slips_are_named(slip):
-    with pytest.raises(AssertionError, match=r"(?s)❌ CrossAttention\(.*Hint: .*" + CROSS_SLIPS[slip]):
+    with pytest.raises(AssertionError, match=r"(?s)❌ CrossAttention\([^\n]*" + CROSS_SLIPS[slip]):
         check_cross_attention(student(slip, cross=True))
 
 
@@ -129,7 +129,7 @@ def test_a_missing_projection_is_named_by_the_parameter_count():
             del self.proj
             self.proj = nn.Identity()
 
-    with pytest.raises(AssertionError, match="(?s)parameters.*Hint: the output projection is missing"):
+    with pytest.raises(AssertionError, match=r"(?s)❌ SelfAttention2d\([^\n]*the output projection is missing.*evidence: your module has \d+ parameters"):
         check_self_attention(NoProjection)
 
 
@@ -180,7 +180,7 @@ def test_correct_reparameterise_passes():
 @pytest.mark.parametrize("slip", sorted(REPARAMETERISE_SLIPS))
 def test_reparameterise_slips_are_named(slip):
     fn, hint = REPARAMETERISE_SLIPS[slip]
-    with pytest.raises(AssertionError, match="(?s)❌ reparameterise.*Hint: .*" + hint):
+    with pytest.raises(AssertionError, match="(?s)❌ reparameterise[^\n]*" + hint):
         check_reparameterise(fn)
 
 
@@ -208,5 +208,5 @@ def test_correct_kl_passes():
 @pytest.mark.parametrize("slip", sorted(KL_SLIPS))
 def test_kl_slips_are_named(slip):
     fn, hint = KL_SLIPS[slip]
-    with pytest.raises(AssertionError, match="(?s)❌ kl_divergence.*Hint: .*" + hint):
+    with pytest.raises(AssertionError, match="(?s)❌ kl_divergence[^\n]*" + hint):
         check_kl(fn)

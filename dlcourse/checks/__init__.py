@@ -1,4 +1,4 @@
-"""Learner self-checks: one per exercise of lessons 01–05 and of the assessment.
+"""Learner self-checks: one per exercise of lessons 01–06 and of the assessment.
 
 All go through one mechanism (``core``): ``run_student`` calls the learner's code, ``Slip``/``name_slip`` name the
 wrong variant the output equals (catalogues generated from the formulas in ``variants``), ``Rung``/``climb``
@@ -10,3 +10,4 @@ from .schedules import *  # noqa: F401,F403
 from .guidance import *  # noqa: F401,F403
 from .clip import *  # noqa: F401,F403
 from .assessment import *  # noqa: F401,F403
+from .attention import *  # noqa: F401,F403
