@@ -1,6 +1,7 @@
 """The program that runs student code inside the sandbox (a fresh ``python -I`` process).
 
-Usage (by the grader only): ``python -I _child.py WORKDIR PACKAGE_PARENT``. WORKDIR holds one
+Usage (by the grader only): ``python -I WORKDIR/_child.py WORKDIR``, the grader's copy of this
+file in the sandbox's scratch folder (the package itself is out of the sandbox's reach). WORKDIR holds one
 module per exercise (``ex_NAME.py``), ``job.json`` (exercise names → input files) and the hidden
 inputs as ``.npy``. Each exercise is imported and called on its inputs; its outputs are written to
 ``WORKDIR/out`` as ``.npy`` (numbers only, no pickle) plus ``NAME.json`` (error text, call log).
@@ -25,7 +26,11 @@ _PROBE_SEED = 1234
 
 def probe_model(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None,
                 c_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """A fixed stand-in for ε_θ(x_t, t, c) with the ConditionalUNet call signature (c=None: null context)."""
+    """A fixed stand-in for ε_θ(x_t, t, c) with the ConditionalUNet call signature (c=None: null context).
+
+    Every output depends on the whole batch (its size and mean context), so only one call on both
+    contexts together reproduces the reference: a behaviour the code under test cannot fake by
+    editing a call counter."""
     n = x.shape[0]
     d = 11 if c is None else c.shape[1]
     c = x.new_zeros(n, d) if c is None else c.to(x.dtype)
@@ -34,6 +39,7 @@ def probe_model(x: torch.Tensor, t: torch.Tensor, c: torch.Tensor | None = None,
     g = torch.Generator().manual_seed(_PROBE_SEED)
     mix = torch.randn(d, x.shape[1], generator=g).to(x.dtype)
     shift = (c @ mix)[:, :, None, None] + (t.to(x.dtype) / 100.0)[:, None, None, None]
+    shift = shift + 0.05 * n + (c.mean(0) @ mix)[None, :, None, None]
     return torch.tanh(0.7 * x + shift)
 
 
@@ -84,9 +90,9 @@ def _is_memory_error(error: BaseException) -> bool:
     return isinstance(error, MemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
-def main(workdir: str, package_parent: str) -> int:
+def main(workdir: str) -> int:
     main_pid = os.getpid()
-    sys.path[:0] = [workdir, package_parent]
+    sys.path[0] = workdir
     outdir = os.path.join(workdir, "out")
     os.makedirs(outdir, exist_ok=True)
     with open(os.path.join(workdir, "job.json"), encoding="utf-8") as f:
@@ -118,4 +124,4 @@ def main(workdir: str, package_parent: str) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1], sys.argv[2]))
+    sys.exit(main(sys.argv[1]))
