@@ -23,7 +23,8 @@ MASTER = exercises.prepare(exercises.read_notebook(ROOT / "assessments" / "asses
 Q_SAMPLE = "ab = alpha_bars[t].reshape(-1, 1, 1, 1).to(x0.dtype)\nreturn ab.sqrt() * x0 + (1 - ab).sqrt() * noise"
 ARGS = {"q_sample": "x0, t, noise, alpha_bars", "drop_context": "c, drop_prob, generator",
         "guided_eps": "model, x_t, t, c, w"}
-WATCHED = (ROOT / "dlcourse", ROOT / "assessments")
+WATCHED = (ROOT / "dlcourse", ROOT / "assessments" / "reference", ROOT / "assessments" / "grading.json",
+           ROOT / "assessments" / "grading-cpu.json")
 
 
 def _module(name: str, body: str) -> str:
@@ -141,16 +142,17 @@ HOSTILE_ONLY = (pytest.mark.hostile, pytest.mark.skipif("'hostile' not in (confi
 
 def _params():
     for case in CASES:
-        yield pytest.param(*case, id=case[0], marks=() if case[0] in FAST else HOSTILE_ONLY)
+        yield pytest.param(*case, id=case[0], marks=(pytest.mark.hostile,) if case[0] in FAST else HOSTILE_ONLY)
 
 
 def _state(*roots: Path) -> dict[str, tuple]:
     """Every file, folder and link under ``roots`` (but the scratch folders' temp/): its mode and content
     hash (links not followed)."""
-    state = {}
+    state = {str(root): (root.lstat().st_mode, hashlib.sha256(root.read_bytes()).hexdigest(), "")
+             for root in roots if root.is_file()}
     for root in roots:
         for folder, dirs, files in os.walk(root):
-            dirs[:] = [d for d in dirs if Path(folder, d) != root / "temp"]
+            dirs[:] = [d for d in dirs if Path(folder, d) != root / "temp" and d != "__pycache__"]
             for name in dirs + files:
                 path = Path(folder) / name
                 info = path.lstat()

@@ -37,6 +37,7 @@ CELL_CAP = 64 * 2**10
 RECORD_CAP = 64 * 2**10
 OUTPUT_CAP = 16 * 2**20
 JSON_DEPTH = 64
+INT_DIGITS = 30
 ALLOWED_IMPORTS = ("math", "numpy", "torch")
 FORBIDDEN_NAMES = frozenset({"__import__", "exec", "eval", "compile", "open", "breakpoint", "globals", "locals",
                              "vars", "getattr", "setattr", "delattr", "input", "importlib", "sys", "os"})
@@ -80,9 +81,15 @@ def json_depth(text: str) -> int:
     return deepest
 
 
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > INT_DIGITS:
+        raise SubmissionError(f"a {len(text)}-digit integer (at most {INT_DIGITS} digits)")
+    return int(text)
+
+
 def read_json(path: Path, cap: int, hint: str = ""):
     """The JSON in ``path``, read only when it is a plain file of at most ``cap`` bytes nesting at most
-    ``JSON_DEPTH`` deep; SubmissionError (naming the file) otherwise."""
+    ``JSON_DEPTH`` deep, its integers at most ``INT_DIGITS`` digits; SubmissionError (naming the file) otherwise."""
     if path.is_symlink() or not path.is_file():
         raise SubmissionError(f"{path.name}: missing{hint}")
     with open(path, "rb") as f:
@@ -93,7 +100,9 @@ def read_json(path: Path, cap: int, hint: str = ""):
         text = data.decode("utf-8")
         if json_depth(text) > JSON_DEPTH:
             raise SubmissionError(f"{path.name}: nested more than {JSON_DEPTH} deep{hint}")
-        return json.loads(text)
+        return json.loads(text, parse_int=_bounded_int)
+    except SubmissionError as error:
+        raise SubmissionError(f"{path.name}: {error}{hint}") from None
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise SubmissionError(f"{path.name}: not valid JSON ({str(error)[:100]}){hint}") from None
 

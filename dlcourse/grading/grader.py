@@ -28,6 +28,7 @@ import torch
 
 from .. import budget
 from .assessment import ANSWERS_FILE, NOTEBOOK_FILE
+from ..models.registry import CONFIG_FILE
 from ..files import write_atomically
 from ..validation import fail, is_int, is_real
 from . import exercises, model as model_part, report, sandbox
@@ -191,9 +192,10 @@ class Grader:
         try:
             _check_folder(folder, class_dir)
             modules = exercises.prepare(exercises.read_notebook(folder / NOTEBOOK_FILE))
+            answers_json = exercises.read_json(folder / ANSWERS_FILE, ANSWERS_CAP)  # capped before any other reader
+            exercises.read_json(folder / CONFIG_FILE, model_part.CONFIG_CAP)
             network = model_part.load_submission_model(folder)
             w = model_part.read_w(folder)
-            answers_json = exercises.read_json(folder / ANSWERS_FILE, ANSWERS_CAP)
             answers = answers_json.get("answers") if isinstance(answers_json, dict) else None
             work["answers"] = answers if isinstance(answers, dict) else {}
             row["w"] = w
