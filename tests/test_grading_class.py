@@ -149,6 +149,15 @@ def test_a_model_over_the_compute_cap_is_not_sampled(tmp_path, monkeypatch):
     assert rows["big"]["functions"] == 50
 
 
+def test_samples_that_overflow_are_unscorable_not_a_grader_error():
+    loud = _tiny_model()
+    with torch.no_grad():
+        for p in loud.parameters():
+            p.mul_(1e30)
+    with pytest.raises(model_part.UnscorableSamples, match="NaN or inf"):
+        model_part.score_model(loud, 1.0, n_per_pair=1, steps=2, seed=0, data=None, copy_threshold=0.2)
+
+
 def test_sampling_stops_at_its_time_limit():
     with pytest.raises(model_part.SamplingTimeout, match="limit"):
         model_part.sample_model(_tiny_model(), 1.0, n_per_pair=1, steps=20, seed=0, time_limit=0)
@@ -274,7 +283,7 @@ def _build_hostile_class(root: Path) -> Path:
         _submission(class_dir / name, None)
     torch.manual_seed(0)
     _submission(class_dir / "over_compute_cap", master,
-                ConditionalUNet(channels=[320], image_size=32, T=1000, context_dim=11).eval())
+                ConditionalUNet(channels=[256], image_size=32, T=1000, context_dim=11).eval())
     return class_dir
 
 
@@ -315,4 +324,5 @@ def test_hostile_class_changed_nothing_outside_its_sandboxes(hostile_class):
     assert reports == {report.report_name(key) for key in CLASS}
     page = (h["out"].parent / "reports" / report.report_name("html_answers")).read_text()
     assert "<script>" not in page and "&lt;script&gt;" in page
-    assert h["rows"]["over_compute_cap"]["reason"].count("compute cap") == 1
+    assert "compute cap" in h["rows"]["over_compute_cap"]["reason"]
+    assert "NaN or inf" in h["rows"]["weights_times_1e30"]["reason"]

@@ -220,10 +220,12 @@ class Grader:
             score = model_part.score_model(network, w, n_per_pair=s.n_per_pair, steps=s.sampling_steps,
                                            seed=s.sampling_seed, data=self.data(), copy_threshold=s.copy_threshold,
                                            device=s.device, time_limit=s.model_time_limit_s)
-        except model_part.SamplingTimeout as error:
+        except (model_part.SamplingTimeout, model_part.UnscorableSamples) as error:
+            timeout = isinstance(error, model_part.SamplingTimeout)
             reasons.append(str(error))
-            messages.append(f"model: {error} (train a smaller model)")
-            row.update(status=min([*statuses, "timeout"], key=_SEVERITY.index), reason="; ".join(reasons)[:300])
+            messages.append(f"model: {error}: no model points" + (" (train a smaller model)" if timeout else ""))
+            row.update(status=min([*statuses, "timeout" if timeout else "failed"], key=_SEVERITY.index),
+                       reason="; ".join(reasons)[:300])
             return
         half = s.points_model / 2
         points = half * min(1, score.class_accuracy / s.pass_class_accuracy) \

@@ -179,6 +179,10 @@ class SamplingTimeout(Exception):
     """The model's sampling ran past its time limit."""
 
 
+class UnscorableSamples(Exception):
+    """The model's samples are NaN or infinite (the model overflows)."""
+
+
 def sampling_compute(model: nn.Module, steps: int) -> int:
     """The compute cap's measure of sampling ``model``: parameters × pixels × DDIM steps."""
     return count_parameters(model) * model.config["image_size"] ** 2 * min(steps, model.config["T"])
@@ -252,10 +256,10 @@ def sample_model(model: nn.Module, w: float, n_per_pair: int, steps: int, seed: 
 def score_model(model: nn.Module, w: float, *, n_per_pair: int, steps: int, seed: int, data: ScoringData,
                 copy_threshold: float, device="cpu", time_limit: float | None = None) -> ModelScore:
     """Sample ``model`` on ``device`` (SamplingTimeout past ``time_limit`` s) and score the samples with
-    the evaluator (on the CPU); samples that are not finite become zeros (scored as the blank images
-    they are)."""
+    the evaluator (on the CPU); UnscorableSamples when they are not finite."""
     x, labels, colours = sample_model(model, w, n_per_pair, steps, seed, device, time_limit)
-    x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+    if not torch.isfinite(x).all():
+        raise UnscorableSamples("the model's samples are NaN or inf (its outputs overflow)")
     evaluator = load_evaluator()
     return ModelScore(
         class_accuracy=class_accuracy(x, labels, evaluator),
