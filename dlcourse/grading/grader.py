@@ -31,7 +31,7 @@ from .assessment import ANSWERS_FILE, NOTEBOOK_FILE
 from ..models.registry import CONFIG_FILE
 from ..files import write_atomically
 from ..validation import fail, is_int, is_real
-from . import exercises, model as model_part, report, sandbox
+from . import exercises, lms, model as model_part, report, sandbox
 
 SETTINGS_FILE = Path(__file__).resolve().parents[2] / "assessments" / "grading.json"
 _SEVERITY = ("error", "invalid", "timeout", "crashed", "failed", "ok")
@@ -418,17 +418,28 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def gradebook_main(argv: list[str] | None = None) -> int:
-    """Command line of ``dlcourse gradebook merge OUT SHARD...``."""
+    """Command line of ``dlcourse gradebook merge OUT SHARD...`` and ``dlcourse gradebook export``."""
     parser = argparse.ArgumentParser(prog="dlcourse gradebook", description="Work with gradebooks.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     merge = commands.add_parser("merge", help="join the gradebooks of dlcourse grade --shard K/N into one")
     merge.add_argument("out", metavar="OUT", help="the merged gradebook CSV")
     merge.add_argument("shards", metavar="SHARD", nargs="+", help="shard gradebooks (each with its .json manifest)")
+    export = commands.add_parser("export", help="the gradebook as a Canvas or Moodle grade-import CSV")
+    export.add_argument("gradebook", metavar="GRADEBOOK", help="a gradebook written by dlcourse grade")
+    export.add_argument("--format", required=True, choices=sorted(lms.FORMATS), help="the LMS to import into")
+    export.add_argument("--roster", required=True, help="CSV: id (the student id) and the LMS's columns (see docs)")
+    export.add_argument("--out", required=True, help="the import CSV to write")
+    export.add_argument("--assignment", default="Assessment", help="the grade column's name (default Assessment)")
+    export.add_argument("--points-possible", type=float, default=100.0, help="the assignment's points (default 100)")
     args = parser.parse_args(argv)
     try:
-        rows = merge_gradebooks(args.out, args.shards)
+        if args.command == "merge":
+            print("\n".join(report.summary_lines(merge_gradebooks(args.out, args.shards))))
+        else:
+            lms.export_gradebook(args.gradebook, args.roster, args.out, fmt=args.format, assignment=args.assignment,
+                                 points=args.points_possible)
+            print(f"{args.format} import file: {args.out}")
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print("\n".join(report.summary_lines(rows)))
     return 0
