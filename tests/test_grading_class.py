@@ -55,7 +55,8 @@ def test_csv_cells_are_protected_and_read_back(tmp_path):
     report.write_gradebook(path, rows)
     cells = {line[0]: line for line in _read_rows(path)[1:]}
     assert set(cells) == {"'=1+2", "''quoted", "bob"}
-    assert cells["'=1+2"][-1] == "'=HYPERLINK(\"http://x\")" and cells["''quoted"][-1] == "'-1 points"
+    reason = report.COLUMNS.index("reason")
+    assert cells["'=1+2"][reason] == "'=HYPERLINK(\"http://x\")" and cells["''quoted"][reason] == "'-1 points"
     assert cells["''quoted"][report.COLUMNS.index("w")] == "-1.0"  # numbers stay numbers
     back = report.read_gradebook(path)
     assert {k: (v["id"], v["reason"]) for k, v in back.items()} == {k: (v["id"], v["reason"]) for k, v in rows.items()}

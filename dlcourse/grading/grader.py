@@ -31,7 +31,7 @@ from .assessment import ANSWERS_FILE, NOTEBOOK_FILE
 from ..models.registry import CONFIG_FILE
 from ..files import write_atomically
 from ..validation import fail, is_int, is_real
-from . import exercises, lms, model as model_part, report, sandbox
+from . import exercises, lms, model as model_part, report, sandbox, similarity
 
 SETTINGS_FILE = Path(__file__).resolve().parents[2] / "assessments" / "grading.json"
 _SEVERITY = ("error", "invalid", "timeout", "crashed", "failed", "ok")
@@ -418,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def gradebook_main(argv: list[str] | None = None) -> int:
-    """Command line of ``dlcourse gradebook merge OUT SHARD...`` and ``dlcourse gradebook export``."""
+    """Command line of ``dlcourse gradebook merge|export|similarity``."""
     parser = argparse.ArgumentParser(prog="dlcourse gradebook", description="Work with gradebooks.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     merge = commands.add_parser("merge", help="join the gradebooks of dlcourse grade --shard K/N into one")
@@ -431,10 +431,18 @@ def gradebook_main(argv: list[str] | None = None) -> int:
     export.add_argument("--out", required=True, help="the import CSV to write")
     export.add_argument("--assignment", default="Assessment", help="the grade column's name (default Assessment)")
     export.add_argument("--points-possible", type=float, default=100.0, help="the assignment's points (default 100)")
+    similar = commands.add_parser("similarity", help="flag look-alike submissions (similar_to, similarity.html)")
+    similar.add_argument("gradebook", metavar="GRADEBOOK", help="a gradebook written by dlcourse grade (or merge)")
+    similar.add_argument("--class", dest="class_dir", required=True, help="the folder of submissions it graded")
+    similar.add_argument("--weight-threshold", type=float, default=0.9,
+                         help="flag weights at this cosine similarity or more (default 0.9)")
     args = parser.parse_args(argv)
     try:
         if args.command == "merge":
             print("\n".join(report.summary_lines(merge_gradebooks(args.out, args.shards))))
+        elif args.command == "similarity":
+            pairs = similarity.flag_gradebook(args.gradebook, args.class_dir, args.weight_threshold)
+            print(f"{len(pairs)} similar pair(s): {Path(args.gradebook).parent / 'similarity.html'}")
         else:
             lms.export_gradebook(args.gradebook, args.roster, args.out, fmt=args.format, assignment=args.assignment,
                                  points=args.points_possible)

@@ -17,9 +17,9 @@ from ..files import write_atomically
 from ..plotting import image_grid
 
 COLUMNS = ("id", "status", "functions", "model", "total", "class_accuracy", "colour_accuracy", "fid",
-           "diversity", "copy_fraction", "w", "reason")
+           "diversity", "copy_fraction", "w", "reason", "similar_to")
 STATUSES = ("ok", "failed", "timeout", "crashed", "invalid", "error")
-_TEXT_COLUMNS = ("id", "status", "reason")
+_TEXT_COLUMNS = ("id", "status", "reason", "similar_to")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "'")
 
 
