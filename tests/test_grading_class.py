@@ -327,3 +327,57 @@ def test_hostile_class_changed_nothing_outside_its_sandboxes(hostile_class):
     assert "<script>" not in page and "&lt;script&gt;" in page
     assert "compute cap" in h["rows"]["over_compute_cap"]["reason"]
     assert "NaN or inf" in h["rows"]["weights_times_1e30"]["reason"]
+
+
+# ------------------------------------------------------------------ deadlines
+def _deadline_settings(tmp_path, **changes):
+    values = {**json.loads(CPU_SETTINGS.read_text()), "deadline": "2027-01-15T23:59:00+00:00",
+              "late_penalty_per_day": 0.1, "late_penalty_max": 0.3, **changes}
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(values))
+    return load_settings(path)
+
+
+def test_late_penalty_per_started_day_up_to_its_cap(tmp_path):
+    times = tmp_path / "times.csv"
+    times.write_text("id,submitted_at\nearly,2027-01-15T22:00:00+00:00\nhour,2027-01-16T00:59:00+00:00\n"
+                     "days,2027-01-19T12:00:00+01:00\n")
+    g = grader.Grader(_deadline_settings(tmp_path), times=grader.read_submission_times(times))
+    rows = {key: {"id": key, "total": 80.0, "reason": ""} for key in ("early", "hour", "days")}
+    for row in rows.values():
+        g._late(row, [])
+    assert {k: (r["late_days"], r["total"]) for k, r in rows.items()} == \
+        {"early": (0, 80.0), "hour": (1, 72.0), "days": (4, 56.0)}
+    assert rows["early"]["reason"] == "" and "4 day(s) late: total reduced by 30%" in rows["days"]["reason"]
+
+
+def test_a_deadline_needs_every_students_time(tmp_path):
+    _submission(tmp_path / "class" / "ann", None)
+    with pytest.raises(ValueError, match="--submitted-at gives no time for 1 student"):
+        grade_class(tmp_path / "class", tmp_path / "out" / "g.csv", settings=_deadline_settings(tmp_path),
+                    progress=False, submitted_at={})
+    rows = grade_class(tmp_path / "class", tmp_path / "out" / "g.csv", settings=_deadline_settings(tmp_path),
+                       progress=False, submitted_at=grader.read_submission_times(_times(tmp_path, "ann,2027-02-01T00:00:00Z")))
+    assert rows["ann"]["late_days"] == 17 and rows["ann"]["total"] == 0
+
+
+def _times(tmp_path, *lines: str) -> Path:
+    path = tmp_path / "times.csv"
+    path.write_text("id,submitted_at\n" + "\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize("changes, phrase", [({"deadline": "next friday"}, "deadline"),
+                                             ({"deadline": "2027-01-15T23:59:00"}, "UTC offset"),
+                                             ({"late_penalty_per_day": 2}, "late_penalty_per_day"),
+                                             ({"late_penalty_max": -0.1}, "late_penalty_max")])
+def test_bad_deadline_settings_are_named(tmp_path, changes, phrase):
+    with pytest.raises(ValueError, match=phrase):
+        _deadline_settings(tmp_path, **changes)
+
+
+@pytest.mark.parametrize("lines, phrase", [(("ann,2027-01-01T00:00:00Z", "ann,2027-01-02T00:00:00Z"), "one row per student"),
+                                           (("ann,yesterday",), "line 2"), (("ann,2027-01-01T00:00:00",), "UTC offset")])
+def test_bad_submission_times_are_named(tmp_path, lines, phrase):
+    with pytest.raises(ValueError, match=phrase):
+        grader.read_submission_times(_times(tmp_path, *lines))

@@ -13,15 +13,18 @@ student whose grading stopped the grader gets an ``error`` row instead of stoppi
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import torch
@@ -59,6 +62,9 @@ class Settings:
     n_train_features: int
     n_test: int
     device: str = "cpu"
+    deadline: str | None = None
+    late_penalty_per_day: float = 0.0
+    late_penalty_max: float = 1.0
 
     def fingerprint(self) -> str:
         """Short hash of everything that decides a grade (shards are merged only when these agree)."""
@@ -79,6 +85,12 @@ def _check_settings(settings: Settings, path: Path) -> Settings:
         value = getattr(settings, key)
         if not is_real(value) or not 0 < value <= 1:
             raise fail(f"--settings {path}: {key}", "a number in (0, 1]", repr(value)[:40])
+    for key in ("late_penalty_per_day", "late_penalty_max"):
+        value = getattr(settings, key)
+        if not is_real(value) or not 0 <= value <= 1:
+            raise fail(f"--settings {path}: {key}", "a fraction of the total in [0, 1]", repr(value)[:40])
+    if settings.deadline is not None:
+        _parse_time(settings.deadline, f"--settings {path}: deadline")
     for key in ("hidden_seed", "sampling_seed"):
         if not is_int(getattr(settings, key), 0):
             raise fail(f"--settings {path}: {key}", "an int >= 0", repr(getattr(settings, key))[:40])
@@ -101,6 +113,39 @@ def load_settings(path: str | os.PathLike | None = None, **overrides) -> Setting
         return _check_settings(Settings(**values), path)
     except TypeError as error:
         raise ValueError(f"--settings {path}: {error} (compare with {SETTINGS_FILE})") from None
+
+
+def _parse_time(text, what: str) -> datetime:
+    """An ISO 8601 time with its UTC offset (``2027-01-15T23:59:00+00:00``); ValueError otherwise."""
+    try:
+        moment = datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        raise fail(what, "an ISO 8601 time with its UTC offset, e.g. 2027-01-15T23:59:00+00:00", repr(text)[:60])
+    return moment
+
+
+def read_submission_times(path: str | os.PathLike) -> dict[str, datetime]:
+    """{student id: submission time} from a CSV with columns ``id,submitted_at`` (e.g. from the LMS)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size > 16 * 2**20:
+        raise fail("--submitted-at", "a CSV file (id,submitted_at) of at most 16 MiB", str(path))
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if not {"id", "submitted_at"} <= set(reader.fieldnames or ()):
+            raise fail(f"--submitted-at {path}", "the columns id,submitted_at", ",".join(reader.fieldnames or ())[:100])
+        times = {}
+        for line, row in enumerate(reader, 2):
+            if row["id"] in times:
+                raise fail(f"--submitted-at {path} line {line}", "one row per student", f"{row['id']!r} again")
+            times[row["id"]] = _parse_time(row["submitted_at"], f"--submitted-at {path} line {line}")
+    return times
+
+
+def late_days(submitted: datetime, deadline: datetime) -> int:
+    """Started days past the deadline (0 when on time)."""
+    return max(0, math.ceil((submitted - deadline).total_seconds() / 86400))
 
 
 def student_id(folder: Path) -> str:
@@ -136,9 +181,10 @@ class Grader:
 
     ``isolated=False`` runs student code without bubblewrap (:mod:`.sandbox`; only inside a container)."""
 
-    def __init__(self, settings: Settings, isolated: bool = True):
+    def __init__(self, settings: Settings, isolated: bool = True, times: dict[str, datetime] | None = None):
         self.settings = settings
         self.isolated = isolated
+        self.times = times or {}
         self._data: model_part.ScoringData | None = None
         self._function_cache: dict[str, exercises.FunctionPart] = {}
         self._lock = threading.Lock()
@@ -181,11 +227,24 @@ class Grader:
                        "exercise points kept, send this row to the course maintainers")
             work["messages"].append(row["reason"])
         row["total"] = round(row["functions"] + row["model"], 2)
+        if self.settings.deadline is not None:
+            self._late(row, work["messages"])
         row["seconds"] = round(time.monotonic() - start, 1)
         page = report.student_html(row, work["messages"], work["answers"], work["grid"], work["per_class"])
         write_atomically(reports_dir / report.report_name(row["id"]),
                          lambda temp: Path(temp).write_text(page, encoding="utf-8"))
         return row
+
+    def _late(self, row: dict, messages: list[str]) -> None:
+        """Apply the late penalty of the settings to the total, from the student's recorded time."""
+        s = self.settings
+        days = late_days(self.times[row["id"]], _parse_time(s.deadline, "deadline"))
+        cut = min(s.late_penalty_max, days * s.late_penalty_per_day)
+        row.update(late_days=days, total=round(row["total"] * (1 - cut), 2))
+        if days:
+            note = f"submitted {days} day(s) late: total reduced by {cut:.0%}"
+            row["reason"] = "; ".join(filter(None, [row.get("reason", ""), note]))[:300]
+            messages.append(note)
 
     def _grade(self, folder: Path, class_dir: Path, work: dict) -> None:
         s, row, messages = self.settings, work["row"], work["messages"]
@@ -287,7 +346,8 @@ def manifest_path(out: Path) -> Path:
 
 def grade_class(submissions: str | os.PathLike, out: str | os.PathLike, *, settings: Settings, workers: int = 1,
                 force: bool = False, only: list[str] | None = None, progress: bool = True,
-                shard: tuple[int, int] | None = None, isolated: bool = True) -> dict[str, dict]:
+                shard: tuple[int, int] | None = None, isolated: bool = True,
+                submitted_at: dict[str, datetime] | None = None) -> dict[str, dict]:
     """Grade every subfolder of ``submissions`` (or those named in ``only``; of shard ``(K, N)`` only)
     into the gradebook ``out``.
 
@@ -315,7 +375,12 @@ def grade_class(submissions: str | os.PathLike, out: str | os.PathLike, *, setti
     manifest = {"settings": settings.fingerprint(), "shard": list(shard or (1, 1)),
                 "ids": [student_id(p) for p in shard_of(class_folders(class_dir), shard)]}
     write_atomically(manifest_path(out), lambda temp: Path(temp).write_text(json.dumps(manifest), encoding="utf-8"))
-    grader = Grader(settings, isolated)
+    if settings.deadline is not None:
+        missing = sorted(student_id(p) for p in todo if student_id(p) not in (submitted_at or {}))
+        if missing:
+            raise ValueError(f"the settings have a deadline but --submitted-at gives no time for {len(missing)} "
+                             f"student(s) ({', '.join(map(repr, missing[:5]))})")
+    grader = Grader(settings, isolated, submitted_at)
     counts = {s: 0 for s in report.STATUSES}
     lock = threading.Lock()
     busy: set[str] = set()
@@ -397,6 +462,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true", help="regrade students already in the gradebook")
     parser.add_argument("--only", action="append", metavar="ID", help="grade only this student (repeatable)")
     parser.add_argument("--shard", metavar="K/N", help="grade only shard K of N (merge with dlcourse gradebook merge)")
+    parser.add_argument("--submitted-at", metavar="CSV",
+                        help="id,submitted_at (ISO 8601) per student: needed when the settings have a deadline")
     parser.add_argument("--unsafe-no-sandbox", action="store_true",
                         help="run student code without bubblewrap (only inside a disposable container)")
     args = parser.parse_args(argv)
@@ -407,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.settings, time_limit_s=args.time_limit, memory_mb=args.memory_limit,
                                  device=args.device)
         rows = grade_class(args.submissions, args.out, settings=settings, workers=args.workers, force=args.force,
-                           only=args.only, shard=shard, isolated=not args.unsafe_no_sandbox)
+                           only=args.only, shard=shard, isolated=not args.unsafe_no_sandbox,
+                           submitted_at=read_submission_times(args.submitted_at) if args.submitted_at else None)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -17,7 +17,7 @@ from ..files import write_atomically
 from ..plotting import image_grid
 
 COLUMNS = ("id", "status", "functions", "model", "total", "class_accuracy", "colour_accuracy", "fid",
-           "diversity", "copy_fraction", "w", "reason", "similar_to")
+           "diversity", "copy_fraction", "w", "late_days", "reason", "similar_to")
 STATUSES = ("ok", "failed", "timeout", "crashed", "invalid", "error")
 _TEXT_COLUMNS = ("id", "status", "reason", "similar_to")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "'")

@@ -269,7 +269,8 @@ def run_python(script: str, scratch: Path, *, time_limit: float, memory_mb: int,
                                  "with --unsafe-no-sandbox")
     token = secrets.token_hex(8)
     cgroup = pids_cgroup(token)
-    max_tasks = (0 if isolated else _user_tasks()) + MAX_TASKS
+    own_uid = isolated and os.getuid() == 0  # the sandbox uid has no other processes to count
+    max_tasks = (0 if own_uid else _user_tasks()) + MAX_TASKS
     memory, file_size = memory_mb * 2**20, file_mb * 2**20
     cpu = int(time_limit) + 5
 
