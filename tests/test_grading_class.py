@@ -381,3 +381,22 @@ def test_bad_deadline_settings_are_named(tmp_path, changes, phrase):
 def test_bad_submission_times_are_named(tmp_path, lines, phrase):
     with pytest.raises(ValueError, match=phrase):
         grader.read_submission_times(_times(tmp_path, *lines))
+
+
+# ------------------------------------------------------------------ partial credit
+def test_partial_credit_names_the_failed_kinds_of_case_and_no_hidden_value():
+    from dlcourse.grading import exercises
+
+    settings = _settings()
+    modules = exercises.prepare(_master())
+    modules["reverse_step"] = exercises.module_source("reverse_step", _def(  # forgets the t = 0 mask
+        "reverse_step", "b = betas[t].reshape(-1, 1, 1, 1)\nab = alpha_bars[t].reshape(-1, 1, 1, 1)\n"
+        "return (x_t - b / (1 - ab).sqrt() * eps_pred) / (1 - b).sqrt() + b.sqrt() * noise",
+        "x_t, t, eps_pred, noise, betas, alpha_bars"))
+    part = exercises.grade_functions(modules, seed=settings.hidden_seed, time_limit=90, memory_mb=4096)
+    (result,) = [r for r in part.results if r.name == "reverse_step"]
+    assert result.fraction == pytest.approx(1 / 3) and part.score == pytest.approx((4 + 1 / 3) / 5)
+    assert "1 of 3 hidden cases passed" in result.message
+    assert all(kind in result.message for kind in ("a float64 batch with t = 0", "a float32 batch with t = 0"))
+    inputs = exercises.hidden_cases(settings.hidden_seed)["reverse_step"][0]
+    assert not any(f"{v:.4f}"[:6] in result.message for v in inputs["x_t"].flatten()[:20].tolist())

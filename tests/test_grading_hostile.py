@@ -94,13 +94,13 @@ CASES = [
     ("forge_done_and_exit", "q_sample", "open('out/done.json', 'w').write('{\"done\": true}')\nos._exit(0)", "failed"),
     ("forge_fatal_reason", "q_sample", "open('out/fatal.json', 'w').write('{\"reason\": \"<b>=HYPERLINK(1)</b>\"}')\n"
                                        "os._exit(3)", "crashed"),
-    ("symlink_result_to_host", "guided_eps", "os.remove('out/q_sample.out.npy')\n"
-                                             "os.symlink('{victims}/planted.npy', 'out/q_sample.out.npy')", "failed"),
-    ("fifo_result", "guided_eps", "os.remove('out/q_sample.json')\nos.mkfifo('out/q_sample.json')", "failed"),
-    ("huge_result_record", "guided_eps", "open('out/q_sample.json', 'w').write('[' + '0,' * 30_000_000 + '0]')", "failed"),
-    ("deep_result_record", "guided_eps", "open('out/q_sample.json', 'w').write('[' * 60_000)", "failed"),
-    ("huge_result_array", "guided_eps", "np.save('out/q_sample.out.npy', np.zeros(6_000_000))", "failed"),
-    ("object_result_array", "guided_eps", "np.save('out/q_sample.out.npy', np.array([{}], dtype=object), allow_pickle=True)",
+    ("symlink_result_to_host", "guided_eps", "os.remove('out/q_sample.0.out.npy')\n"
+                                             "os.symlink('{victims}/planted.npy', 'out/q_sample.0.out.npy')", "failed"),
+    ("fifo_result", "guided_eps", "os.remove('out/q_sample.0.json')\nos.mkfifo('out/q_sample.0.json')", "failed"),
+    ("huge_result_record", "guided_eps", "open('out/q_sample.0.json', 'w').write('[' + '0,' * 30_000_000 + '0]')", "failed"),
+    ("deep_result_record", "guided_eps", "open('out/q_sample.0.json', 'w').write('[' * 60_000)", "failed"),
+    ("huge_result_array", "guided_eps", "np.save('out/q_sample.0.out.npy', np.zeros(6_000_000))", "failed"),
+    ("object_result_array", "guided_eps", "np.save('out/q_sample.0.out.npy', np.array([{}], dtype=object), allow_pickle=True)",
      "failed"),
     ("memory_bytearray", "q_sample", "block = bytearray(64 * 2**30)\nreturn x0", "crashed"),
     ("memory_torch", "q_sample", "return torch.empty(2**36, dtype=torch.float64)", "crashed"),

@@ -2,9 +2,10 @@
 
 Usage (by the grader only): ``python -I WORKDIR/_child.py WORKDIR``, the grader's copy of this
 file in the sandbox's scratch folder (the package itself is out of the sandbox's reach). WORKDIR holds one
-module per exercise (``ex_NAME.py``), ``job.json`` (exercise names → input files) and the hidden
+module per exercise (``ex_NAME.py``), ``job.json`` (exercise names → a list of hidden cases' input files) and the hidden
 inputs as ``.npy``. Each exercise is imported and called on its inputs; its outputs are written to
-``WORKDIR/out`` as ``.npy`` (numbers only, no pickle) plus ``NAME.json`` (error text, call log).
+``WORKDIR/out`` as ``NAME.CASE.KEY.npy`` (numbers only, no pickle) plus ``NAME.CASE.json`` (error
+text, call log), one per hidden case.
 ``out/done.json`` is written last: without it the grader treats the run as crashed.
 
 This module is also imported by the grader for :func:`probe_model`, so both sides share one
@@ -63,7 +64,7 @@ def _tensor(out, what: str) -> np.ndarray:
     raise TypeError(f"{what}: expected a torch.Tensor, got {type(out).__name__}")
 
 
-def _run(name: str, fn, inputs: dict, outdir: str) -> dict:
+def _run(name: str, case: int, fn, inputs: dict, outdir: str) -> dict:
     args = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in inputs.items()}
     log: dict = {}
     if name == "drop_context":
@@ -81,7 +82,7 @@ def _run(name: str, fn, inputs: dict, outdir: str) -> dict:
     else:
         outputs = {"out": _tensor(out, name)}
     for key, value in outputs.items():
-        np.save(os.path.join(outdir, f"{name}.{key}.npy"), np.ascontiguousarray(value), allow_pickle=False)
+        np.save(os.path.join(outdir, f"{name}.{case}.{key}.npy"), np.ascontiguousarray(value), allow_pickle=False)
     return log
 
 
@@ -97,27 +98,28 @@ def main(workdir: str) -> int:
     os.makedirs(outdir, exist_ok=True)
     with open(os.path.join(workdir, "job.json"), encoding="utf-8") as f:
         job = json.load(f)
-    for name, spec in job.items():
-        record: dict = {}
-        try:
-            inputs = {k: (np.load(os.path.join(workdir, v["npy"]), allow_pickle=False) if isinstance(v, dict) else v)
-                      for k, v in spec.items()}
-            module = __import__(f"ex_{name}")
-            fn = getattr(module, name, None)
-            if not callable(fn):
-                raise NameError(f"the exercise cell no longer defines {name}()")
-            record = _run(name, fn, inputs, outdir)
-        except Exception as error:  # noqa: BLE001 - a student's exception is that exercise's result
-            if _is_memory_error(error):
-                with open(os.path.join(outdir, "fatal.json"), "w", encoding="utf-8") as f:
-                    json.dump({"reason": f"memory limit reached in {name}()"}, f)
-                os._exit(FATAL_EXIT)
-            lines = traceback.format_exception_only(type(error), error)
-            record = {"error": "".join(lines).strip()[-600:]}
-        if os.getpid() != main_pid:  # a process the student forked: never let it write results
-            os._exit(0)
-        with open(os.path.join(outdir, f"{name}.json"), "w", encoding="utf-8") as f:
-            json.dump(record, f)
+    for name, specs in job.items():
+        for case, spec in enumerate(specs):
+            record: dict = {}
+            try:
+                inputs = {k: (np.load(os.path.join(workdir, v["npy"]), allow_pickle=False) if isinstance(v, dict)
+                              else v) for k, v in spec.items()}
+                module = __import__(f"ex_{name}")
+                fn = getattr(module, name, None)
+                if not callable(fn):
+                    raise NameError(f"the exercise cell no longer defines {name}()")
+                record = _run(name, case, fn, inputs, outdir)
+            except Exception as error:  # noqa: BLE001 - a student's exception is that case's result
+                if _is_memory_error(error):
+                    with open(os.path.join(outdir, "fatal.json"), "w", encoding="utf-8") as f:
+                        json.dump({"reason": f"memory limit reached in {name}()"}, f)
+                    os._exit(FATAL_EXIT)
+                lines = traceback.format_exception_only(type(error), error)
+                record = {"error": "".join(lines).strip()[-600:]}
+            if os.getpid() != main_pid:  # a process the student forked: never let it write results
+                os._exit(0)
+            with open(os.path.join(outdir, f"{name}.{case}.json"), "w", encoding="utf-8") as f:
+                json.dump(record, f)
     with open(os.path.join(outdir, "done.json"), "w", encoding="utf-8") as f:
         json.dump({"done": True}, f)
     return 0

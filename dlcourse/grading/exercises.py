@@ -52,9 +52,15 @@ class SubmissionError(ValueError):
 
 @dataclass
 class ExerciseResult:
+    """One exercise: the fraction of its hidden cases passed and what the report says (never a hidden value)."""
+
     name: str
-    passed: bool
+    fraction: float
     message: str
+
+    @property
+    def passed(self) -> bool:
+        return self.fraction == 1
 
 
 @dataclass
@@ -68,7 +74,7 @@ class FunctionPart:
 
     @property
     def score(self) -> float:
-        return sum(r.passed for r in self.results) / len(EXERCISES)
+        return sum(r.fraction for r in self.results) / len(EXERCISES)
 
 
 # ------------------------------------------------------------------ capped reading
@@ -219,16 +225,50 @@ def hidden_inputs(seed: int) -> dict[str, dict]:
     }
 
 
-def references(inputs: dict[str, dict]) -> dict[str, dict[str, np.ndarray]]:
-    """Expected outputs, from the package's own definitions."""
-    schedule = Schedule(inputs["forward_coefficients"]["betas"], dtype=torch.float64)  # all share these betas
-    qs, rs, ge = inputs["q_sample"], inputs["reverse_step"], inputs["guided_eps"]
+# the kinds of hidden case of each exercise, in the order of hidden_cases(); the report names the failed kinds
+KINDS = {
+    "forward_coefficients": ("the hidden schedule", "a three-step float32 schedule"),
+    "q_sample": ("a float64 batch with t = 0", "a float32 batch", "a batch of one at t = T - 1"),
+    "reverse_step": ("a float64 batch with t = 0", "a batch with t > 0 only", "a float32 batch with t = 0"),
+    "drop_context": ("the hidden drop_prob", "drop_prob = 0 (nothing dropped)", "drop_prob = 1 (everything dropped)"),
+    "guided_eps": ("the hidden w", "w = 0 (the conditional prediction)", "a batch of one"),
+}
+
+
+def _float32(inputs: dict) -> dict:
+    return {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
+
+
+def hidden_cases(seed: int) -> dict[str, list[dict]]:
+    """{exercise: its hidden cases' inputs, one per kind of KINDS}: each exercise scores the fraction it passes."""
+    base = hidden_inputs(seed)
+    qs, rs, ge, dc = base["q_sample"], base["reverse_step"], base["guided_eps"], base["drop_context"]
+    last = torch.tensor([len(qs["alpha_bars"]) - 1])
     return {
-        "forward_coefficients": {"alphas": schedule.alphas.numpy(), "alpha_bars": schedule.alpha_bars.numpy()},
-        "q_sample": {"out": schedule.q_sample(qs["x0"], qs["t"], qs["noise"]).numpy()},
-        "reverse_step": {"out": schedule.ddpm_step(rs["x_t"], rs["t"], rs["eps_pred"], rs["noise"]).numpy()},
-        "guided_eps": {"out": guided_eps_fn(probe_model, ge["c"], ge["w"])(ge["x_t"], ge["t"]).numpy()},
+        "forward_coefficients": [base["forward_coefficients"], {"betas": scaled_linear_betas(3).float()}],
+        "q_sample": [qs, _float32(qs), {**qs, "x0": qs["x0"][:1], "t": last, "noise": qs["noise"][:1]}],
+        "reverse_step": [rs, {**rs, "t": rs["t"].clamp(min=1)}, _float32(rs)],
+        "drop_context": [dc, {**dc, "drop_prob": 0.0}, {**dc, "drop_prob": 1.0}],
+        "guided_eps": [ge, {**ge, "w": 0.0}, {**ge, "x_t": ge["x_t"][:1], "t": ge["t"][:1], "c": ge["c"][:1]}],
     }
+
+
+def reference(name: str, inputs: dict) -> dict[str, np.ndarray]:
+    """Expected outputs of exercise ``name`` on one case, from the package's own definitions in float64
+    (drop_context has none: it is checked by its statistics)."""
+    x = {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
+    if name == "forward_coefficients":
+        schedule = Schedule(x["betas"], dtype=torch.float64)
+        return {"alphas": schedule.alphas.numpy(), "alpha_bars": schedule.alpha_bars.numpy()}
+    if name == "q_sample":
+        alphas = x["alpha_bars"] / torch.cat([x["alpha_bars"].new_ones(1), x["alpha_bars"][:-1]])
+        return {"out": Schedule(1 - alphas, dtype=torch.float64).q_sample(x["x0"], x["t"], x["noise"]).numpy()}
+    if name == "reverse_step":
+        schedule = Schedule(x["betas"], dtype=torch.float64)
+        return {"out": schedule.ddpm_step(x["x_t"], x["t"], x["eps_pred"], x["noise"]).numpy()}
+    if name == "guided_eps":
+        return {"out": guided_eps_fn(probe_model, inputs["c"], x["w"])(inputs["x_t"], inputs["t"]).numpy()}
+    return {}
 
 
 def _compare(got: np.ndarray, expected: np.ndarray, what: str, tol: float) -> str | None:
@@ -260,10 +300,11 @@ def _check_drop_context(got: np.ndarray, c: np.ndarray, drop_prob: float) -> str
     return None
 
 
-def compare_outputs(name: str, outdir: Path, inputs: dict, expected: dict, tol: float,
+def compare_outputs(name: str, case: int, outdir: Path, inputs: dict, expected: dict, tol: float,
                     secrets: tuple[str, ...] = ()) -> str | None:
-    """None when exercise ``name`` passed, else a message for the student (never a hidden value)."""
-    record_path = outdir / f"{name}.json"
+    """None when exercise ``name`` passed hidden case ``case``, else a message for the student (never a
+    hidden value)."""
+    record_path = outdir / f"{name}.{case}.json"
     if not record_path.is_file():
         return f"{name}: no result (the process ended inside it)"
     try:
@@ -276,7 +317,7 @@ def compare_outputs(name: str, outdir: Path, inputs: dict, expected: dict, tol: 
         return f"{name} raised {redact(str(record['error'])[:300], secrets)}"
     keys = ("alphas", "alpha_bars") if name == "forward_coefficients" else ("out",)
     for key in keys:
-        path = outdir / f"{name}.{key}.npy"
+        path = outdir / f"{name}.{case}.{key}.npy"
         try:
             if path.is_symlink() or path.stat().st_size > OUTPUT_CAP:
                 return f"{name}: output {key} is a link or over {OUTPUT_CAP} bytes"
@@ -286,13 +327,12 @@ def compare_outputs(name: str, outdir: Path, inputs: dict, expected: dict, tol: 
         if not isinstance(got, np.ndarray):
             return f"{name}: output {key} is not an array"
         if name == "drop_context":
-            spec = inputs[name]
-            return _check_drop_context(got, spec["c"].numpy(), spec["drop_prob"])
-        problem = _compare(got, expected[name][key], f"{name} ({key})" if len(keys) > 1 else name, tol)
+            return _check_drop_context(got, inputs["c"].numpy(), inputs["drop_prob"])
+        problem = _compare(got, expected[key], f"{name} ({key})" if len(keys) > 1 else name, tol)
         if problem:
             return problem
     if name == "guided_eps":
-        batches, n = record.get("batches"), inputs[name]["x_t"].shape[0]
+        batches, n = record.get("batches"), inputs["x_t"].shape[0]
         if batches != [2 * n]:
             return (f"guided_eps: called the model with batches {str(batches)[:60]}; expected one call on both "
                     f"contexts together ([{2 * n}])")
@@ -300,6 +340,16 @@ def compare_outputs(name: str, outdir: Path, inputs: dict, expected: dict, tol: 
 
 
 # ------------------------------------------------------------------ the part
+def _result(name: str, problems: list[str | None]) -> ExerciseResult:
+    """The exercise's fraction of cases passed; the message names each failed kind with its problem."""
+    failed = [f"{kind}: {problem}" for kind, problem in zip(KINDS[name], problems) if problem]
+    if not failed:
+        return ExerciseResult(name, 1.0, f"{name}: correct on all {len(problems)} hidden cases")
+    passed = len(problems) - len(failed)
+    return ExerciseResult(name, passed / len(problems), f"{name}: {passed} of {len(problems)} hidden cases "
+                          "passed; failed: " + " | ".join(failed))
+
+
 def code_fingerprint(modules: dict[str, str | Exception]) -> str:
     text = json.dumps({k: str(v) for k, v in sorted(modules.items())})
     return hashlib.sha256(text.encode()).hexdigest()
@@ -322,28 +372,29 @@ def prepare(nb: dict) -> dict[str, str | Exception]:
 
 def grade_functions(modules: dict[str, str | Exception], *, seed: int, time_limit: float, memory_mb: int,
                     tol: float = 1e-4, isolated: bool = True) -> FunctionPart:
-    """Run the exercise modules in a sandbox on the hidden inputs of ``seed`` and compare the outputs
+    """Run the exercise modules in a sandbox on the hidden cases of ``seed`` and compare the outputs
     (``isolated=False``: without bubblewrap, see :mod:`.sandbox`)."""
-    inputs = hidden_inputs(seed)
-    expected = references(inputs)
+    cases = hidden_cases(seed)
     secrets = (str(seed), str(_derived_seed(seed)))
     with tempfile.TemporaryDirectory(prefix="dlcourse-grade-") as temp:
         workdir = Path(temp) / "work"
         workdir.mkdir()
         shutil.copyfile(CHILD, workdir / CHILD.name)
-        job: dict[str, dict] = {}
+        job: dict[str, list[dict]] = {}
         for name in EXERCISES:
             if isinstance(modules[name], Exception):
                 continue
             (workdir / f"ex_{name}.py").write_text(modules[name], encoding="utf-8")
-            spec = {}
-            for key, value in inputs[name].items():
-                if isinstance(value, torch.Tensor):
-                    np.save(workdir / f"{name}.{key}.npy", value.numpy(), allow_pickle=False)
-                    spec[key] = {"npy": f"{name}.{key}.npy"}
-                else:
-                    spec[key] = value
-            job[name] = spec
+            job[name] = []
+            for case, inputs in enumerate(cases[name]):
+                spec = {}
+                for key, value in inputs.items():
+                    if isinstance(value, torch.Tensor):
+                        np.save(workdir / f"{name}.{case}.{key}.npy", value.numpy(), allow_pickle=False)
+                        spec[key] = {"npy": f"{name}.{case}.{key}.npy"}
+                    else:
+                        spec[key] = value
+                job[name].append(spec)
         (workdir / "job.json").write_text(json.dumps(job), encoding="utf-8")
         result = sandbox.run_python(CHILD.name, workdir, time_limit=time_limit, memory_mb=memory_mb,
                                     isolated=isolated)
@@ -364,10 +415,11 @@ def grade_functions(modules: dict[str, str | Exception], *, seed: int, time_limi
             results = []
             for name in EXERCISES:
                 if isinstance(modules[name], Exception):
-                    results.append(ExerciseResult(name, False, str(modules[name])))
+                    results.append(ExerciseResult(name, 0.0, str(modules[name])))
                     continue
-                problem = compare_outputs(name, outdir, inputs, expected, tol, secrets)
-                results.append(ExerciseResult(name, problem is None, problem or f"{name}: correct"))
+                problems = [compare_outputs(name, case, outdir, inputs, reference(name, inputs), tol, secrets)
+                            for case, inputs in enumerate(cases[name])]
+                results.append(_result(name, problems))
         finally:
             sandbox.remove_tree(workdir)
     status = "ok" if all(r.passed for r in results) else "failed"
