@@ -119,7 +119,7 @@ CASES = [
     ("raise_system_exit", "q_sample", "raise SystemExit(0)", "crashed"),
     ("raise_keyboard_interrupt", "q_sample", "raise KeyboardInterrupt", "crashed"),
     ("unbounded_recursion", "q_sample", "def f(n):\n    return f(n + 1)\nreturn f(0)", "failed"),
-    ("close_output_streams", "q_sample", "os.close(1)\nos.close(2)\n" + Q_SAMPLE, "ok"),
+    ("close_output_streams", "q_sample", _attack("os.close(1)\nos.close(2)"), "ok"),
     ("patch_comparisons", "q_sample", "torch.allclose = lambda *a, **k: True\nnp.allclose = lambda *a, **k: True\n"
                                       "torch.Tensor.__eq__ = lambda *a: True\nreturn x0", "failed"),
     ("tensor_subclass", "q_sample", "class T(torch.Tensor):\n    pass\nreturn (x0 * 0).as_subclass(T)", "failed"),
