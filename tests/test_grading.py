@@ -23,6 +23,7 @@ from dlcourse.grading.assessment import CONTEXT_DIM, NOTEBOOK_FILE, ANSWERS_FILE
 from dlcourse.data import load_flowers
 from dlcourse.grading import grade_class, load_settings, main, model as model_part, sandbox
 from dlcourse.grading.exercises import TAG_PREFIX
+from dlcourse.grading.report import report_name
 from dlcourse.models import ConditionalUNet, save_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,8 +42,8 @@ EXPECTED = {
     "syntax_error": "failed",
     "infinite_loop": "timeout",
     "memory_hog": "crashed",
-    "os_exit": "crashed",
-    "sys_exit": "crashed",
+    "os_exit": "failed",  # the syntax-tree check refuses `import os` (tests/test_grading_hostile.py runs it)
+    "sys_exit": "failed",
     "fork_bomb": "failed",
     "deleted_cell": "invalid",
     "edited_cell": "invalid",
@@ -64,8 +65,8 @@ EXPECTED = {
 REASONS = {
     "infinite_loop": "ran past",
     "memory_hog": "memory limit",
-    "os_exit": "ended the process early",
-    "sys_exit": "ended the process early",
+    "os_exit": "imports os",
+    "sys_exit": "imports sys",
     "deleted_cell": "guided_eps",
     "edited_cell": "no longer defines q_sample",
     "pickle_pt": "model.safetensors: missing",
@@ -127,8 +128,8 @@ def _submission(folder: Path, nb: dict | None, model=None, w: float = 1.0, extra
     return folder
 
 
-def _def(name: str, body: str, args: str) -> str:
-    return f"# exercise: {name}\nimport os\nimport sys\n\ndef {name}({args}):\n" + \
+def _def(name: str, body: str, args: str, imports: str = "") -> str:
+    return f"# exercise: {name}\n{imports}\ndef {name}({args}):\n" + \
         "\n".join("    " + line for line in body.split("\n"))
 
 
@@ -151,11 +152,12 @@ def build_class(root: Path, marker: Path) -> Path:
         "x_t, t, eps_pred, noise, betas, alpha_bars"))
     _submission(class_dir / "wrong_formulas", wrong, tiny)
     _submission(class_dir / "syntax_error", _with_cell(master, "q_sample", _def("q_sample", "return x0 +* noise", Q_ARGS)), tiny)
-    for name, body in (("infinite_loop", "while True:\n    pass"), ("memory_hog", "block = bytearray(64 * 2**30)\nreturn x0"),
-                       ("os_exit", "os._exit(0)"), ("fork_bomb", "while True:\n    os.fork()")):
-        _submission(class_dir / name, _with_cell(master, "q_sample", _def("q_sample", body, Q_ARGS)), tiny)
+    for name, body, imports in (("infinite_loop", "while True:\n    pass", ""),
+                                ("memory_hog", "block = bytearray(64 * 2**30)\nreturn x0", ""),
+                                ("os_exit", "os._exit(0)", "import os"), ("fork_bomb", "while True:\n    os.fork()", "import os")):
+        _submission(class_dir / name, _with_cell(master, "q_sample", _def("q_sample", body, Q_ARGS, imports)), tiny)
     _submission(class_dir / "sys_exit", _with_cell(master, "drop_context", _def(
-        "drop_context", "sys.exit(0)", "c, drop_prob, generator")), tiny)
+        "drop_context", "sys.exit(0)", "c, drop_prob, generator", "import sys")), tiny)
     _submission(class_dir / "deleted_cell", _with_cell(master, "guided_eps", None), tiny)
     _submission(class_dir / "edited_cell", _with_cell(master, "q_sample", _def("q_sample_v2", "return x0", Q_ARGS)), tiny)
     _submission(class_dir / "eq_always_true", _with_cell(master, "guided_eps", _def(
@@ -198,6 +200,14 @@ def build_class(root: Path, marker: Path) -> Path:
     return class_dir
 
 
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a killed process waiting to be reaped by init is not alive)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _sandbox_processes() -> list[int]:
     return sandbox.processes_with_token(None)
 
@@ -234,7 +244,7 @@ def test_every_submission_gets_its_exact_status(graded):
 
 def test_reasons_name_the_cause(graded):
     for key, phrase in REASONS.items():
-        report = (graded["out"].parent / "reports" / f"{key}.html").read_text(encoding="utf-8")
+        report = (graded["out"].parent / "reports" / report_name(key)).read_text(encoding="utf-8")
         assert phrase in graded["rows"][key]["reason"] or phrase in report, (key, graded["rows"][key]["reason"])
 
 
@@ -249,11 +259,13 @@ def test_correct_submission_passes_honestly(graded):
 
 def test_wrong_and_hostile_answers_score_zero_on_their_exercises(graded):
     rows = graded["rows"]
-    assert rows["wrong_formulas"]["functions"] == 30  # q_sample and reverse_step wrong, 3 of 5 right
+    # q_sample wrong on every case; reverse_step forgets to add no noise at t = 0: right on 1 of its 3 cases
+    assert rows["wrong_formulas"]["functions"] == 33.33
     assert rows["syntax_error"]["functions"] == 40
     assert rows["eq_always_true"]["functions"] == 40
     assert rows["fork_bomb"]["functions"] == 40
-    for key in ("infinite_loop", "memory_hog", "os_exit", "sys_exit"):
+    assert rows["os_exit"]["functions"] == rows["sys_exit"]["functions"] == 40
+    for key in ("infinite_loop", "memory_hog"):
         assert rows[key]["functions"] == 0, key
     for key, status in EXPECTED.items():
         if status == "invalid":
@@ -282,9 +294,9 @@ def test_gradebook_reports_and_histogram(graded):
     with open(out, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert [r["id"] for r in rows] == sorted(EXPECTED)
-    report = (out.parent / "reports" / "correct.html").read_text(encoding="utf-8")
+    report = (out.parent / "reports" / report_name("correct")).read_text(encoding="utf-8")
     assert "data:image/png;base64," in report and "Per-class accuracy" in report
-    assert (out.parent / "reports" / "student-_xff.html").is_file()
+    assert (out.parent / "reports" / report_name("student-\\xff")).is_file()
     assert out.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -301,7 +313,7 @@ def test_rerun_resumes_and_force_regrades_identically(graded, capsys):
         again = {r["id"]: r for r in csv.DictReader(f)}
     assert sorted(again) == sorted(EXPECTED)  # the other students' rows are kept
     regraded = {p.name for p in (out.parent / "reports").iterdir() if p.stat().st_mtime_ns != stamps[p.name]}
-    assert regraded == {"correct.html", "wrong_formulas.html"}
+    assert regraded == {report_name("correct"), report_name("wrong_formulas")}
     for key in ("correct", "wrong_formulas"):
         first = {k: str(v) for k, v in graded["rows"][key].items() if k != "seconds"}
         assert {k: again[key][k] for k in first} == first
@@ -315,8 +327,9 @@ def test_near_copies_of_training_images_are_flagged():
     assert model_part.copy_fraction(fresh, data, threshold=0.2) < 0.25
 
 
-def test_sandbox_kills_a_process_that_escapes_its_session(tmp_path):
-    script = tmp_path / "escape.py"
-    script.write_text("import os, time\nif os.fork() == 0:\n    os.setsid()\n    time.sleep(600)\n")
-    result = sandbox.run(sandbox.python_argv(script), tmp_path, time_limit=20, memory_mb=512)
-    assert result.returncode == 0 and _sandbox_processes() == []
+def test_unsafe_sandbox_kills_a_process_that_escapes_its_session(tmp_path):
+    (tmp_path / "escape.py").write_text("import os, sys, time\npid = os.fork()\nif pid == 0:\n    os.setsid()\n"
+                                        "    time.sleep(600)\nopen(sys.argv[1] + '/child', 'w').write(str(pid))\n")
+    result = sandbox.run_python("escape.py", tmp_path, time_limit=20, memory_mb=512, isolated=False)
+    child = int((tmp_path / "child").read_text())
+    assert result.returncode == 0 and not _alive(child)

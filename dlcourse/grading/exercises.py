@@ -2,9 +2,12 @@
 
 Each exercise cell of the assessment carries the tag ``exercise:NAME`` and starts with the line
 ``# exercise: NAME``; either finds it, wherever the student moved it. Only its imports and
-function definitions are taken (top-level statements never run). Outputs come back as ``.npy``
-and are compared here: dtype kind and shape first, then values with tolerances. A student
-object is never called or compared in the grader process.
+function definitions are taken (top-level statements never run), and only after a check of the
+syntax tree: imports of ``ALLOWED_IMPORTS`` only, none of ``FORBIDDEN_NAMES``, no dunder names or
+attributes. The sandbox cannot reach the package anyway; the check says why in the report. Outputs
+come back as ``.npy`` and are compared here: dtype kind and shape first, then values with
+tolerances. A student object is never called or compared in the grader process, and everything
+read back is size-capped before it is parsed.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import ast
 import hashlib
 import json
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +33,17 @@ TAG_PREFIX = "exercise:"
 _MARKER_RE = re.compile(r"^\s*#\s*exercise:\s*(\w+)\s*$", re.MULTILINE)
 _PREAMBLE = "import math\nimport numpy as np\nimport torch\nimport torch.nn.functional as F\n\n"
 NOTEBOOK_CAP = 8 * 2**20
+CELL_CAP = 64 * 2**10
+RECORD_CAP = 64 * 2**10
+OUTPUT_CAP = 16 * 2**20
+JSON_DEPTH = 64
+INT_DIGITS = 30
+ALLOWED_IMPORTS = ("math", "numpy", "torch")
+FORBIDDEN_NAMES = frozenset({"__import__", "exec", "eval", "compile", "open", "breakpoint", "globals", "locals",
+                             "vars", "getattr", "setattr", "delattr", "input", "importlib", "sys", "os"})
 CHILD = Path(__file__).resolve().parent / "_child.py"
-PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+_STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"')
+_SECRET_NUMBER_RE = re.compile(r"\d*\.\d+(?:[eE][-+]?\d+)?|\d+[eE][-+]?\d+|\d{4,}")
 
 
 class SubmissionError(ValueError):
@@ -39,9 +52,15 @@ class SubmissionError(ValueError):
 
 @dataclass
 class ExerciseResult:
+    """One exercise: the fraction of its hidden cases passed and what the report says (never a hidden value)."""
+
     name: str
-    passed: bool
+    fraction: float
     message: str
+
+    @property
+    def passed(self) -> bool:
+        return self.fraction == 1
 
 
 @dataclass
@@ -55,21 +74,58 @@ class FunctionPart:
 
     @property
     def score(self) -> float:
-        return sum(r.passed for r in self.results) / len(EXERCISES)
+        return sum(r.fraction for r in self.results) / len(EXERCISES)
+
+
+# ------------------------------------------------------------------ capped reading
+def json_depth(text: str) -> int:
+    """How deeply the arrays and objects of JSON ``text`` nest (strings skipped)."""
+    depth = deepest = 0
+    for bracket in re.findall(r"[\[\]{}]", _STRING_RE.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > INT_DIGITS:
+        raise SubmissionError(f"a {len(text)}-digit integer (at most {INT_DIGITS} digits)")
+    return int(text)
+
+
+def read_json(path: Path, cap: int, hint: str = ""):
+    """The JSON in ``path``, read only when it is a plain file of at most ``cap`` bytes nesting at most
+    ``JSON_DEPTH`` deep, its integers at most ``INT_DIGITS`` digits; SubmissionError (naming the file) otherwise."""
+    if path.is_symlink() or not path.is_file():
+        raise SubmissionError(f"{path.name}: missing{hint}")
+    with open(path, "rb") as f:
+        data = f.read(cap + 1)
+    if len(data) > cap:
+        raise SubmissionError(f"{path.name}: over the {cap} byte cap{hint}")
+    try:
+        text = data.decode("utf-8")
+        if json_depth(text) > JSON_DEPTH:
+            raise SubmissionError(f"{path.name}: nested more than {JSON_DEPTH} deep{hint}")
+        return json.loads(text, parse_int=_bounded_int)
+    except SubmissionError as error:
+        raise SubmissionError(f"{path.name}: {error}{hint}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise SubmissionError(f"{path.name}: not valid JSON ({str(error)[:100]}){hint}") from None
+
+
+def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """``text`` without anything that could carry a hidden input out: every decimal, exponent or
+    4-digit number becomes ``#``, and so does each of ``secrets``."""
+    for secret in secrets:
+        text = text.replace(secret, "#")
+    return _SECRET_NUMBER_RE.sub("#", text)
 
 
 # ------------------------------------------------------------------ notebook
 def read_notebook(path: Path) -> dict:
-    """The notebook JSON (size-capped, UTF-8); SubmissionError when it is not one."""
-    if not path.is_file():
-        raise SubmissionError(f"{path.name}: missing (export the submission with dlcourse.grading.assessment.export)")
-    if path.stat().st_size > NOTEBOOK_CAP:
-        raise SubmissionError(f"{path.name}: {path.stat().st_size} bytes, over the {NOTEBOOK_CAP} byte cap "
-                              "(clear the outputs, save, and export again)")
-    try:
-        nb = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SubmissionError(f"{path.name}: not a notebook ({error})") from None
+    """The notebook JSON (size- and depth-capped, UTF-8); SubmissionError when it is not one."""
+    nb = read_json(path, NOTEBOOK_CAP, " (export the submission with dlcourse.grading.assessment.export; "
+                   "clear large outputs first)")
     if not isinstance(nb, dict) or not isinstance(nb.get("cells"), list):
         raise SubmissionError(f"{path.name}: not a notebook (no list of cells)")
     return nb
@@ -99,18 +155,51 @@ def exercise_cells(nb: dict) -> dict[str, str]:
     return found
 
 
+def _forbidden(tree: ast.Module) -> str | None:
+    """What the kept code may not do (an import outside ALLOWED_IMPORTS, a forbidden or dunder name)."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            modules = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            modules = [("." * node.level) + (node.module or "")]
+        else:
+            modules = []
+        for module in modules:
+            if module.split(".")[0] not in ALLOWED_IMPORTS:
+                return f"imports {module} (allowed: {', '.join(ALLOWED_IMPORTS)} and their submodules)"
+        name = node.id if isinstance(node, ast.Name) else node.attr if isinstance(node, ast.Attribute) else None
+        if name is not None and (name in FORBIDDEN_NAMES or name.startswith("__")):
+            return f"uses {name} (not allowed in an exercise)"
+    return None
+
+
 def module_source(name: str, cell: str) -> str:
-    """The cell's imports and function definitions as a module; SyntaxError as the student wrote it."""
+    """The cell's imports and function definitions as a module; SyntaxError as the student wrote it,
+    ValueError when the code is too large, too deep or does what an exercise may not."""
+    if len(cell) > CELL_CAP:
+        raise ValueError(f"the {name} cell is {len(cell)} characters, over the {CELL_CAP} cap")
     lines = [line for line in cell.split("\n") if not line.lstrip().startswith(("%", "!"))]  # IPython magics
-    tree = ast.parse("\n".join(lines), filename=f"exercise cell {name}")
-    kept = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef))]
-    if not any(isinstance(node, ast.FunctionDef) and node.name == name for node in kept):
-        raise SubmissionError(f"exercise cell {name}: it no longer defines {name}() "
-                              "(keep the function name and signature of the handed-out notebook)")
-    return _PREAMBLE + ast.unparse(ast.Module(body=kept, type_ignores=[])) + "\n"
+    try:
+        tree = ast.parse("\n".join(lines), filename=f"exercise cell {name}")
+        kept = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef))]
+        if not any(isinstance(node, ast.FunctionDef) and node.name == name for node in kept):
+            raise SubmissionError(f"exercise cell {name}: it no longer defines {name}() "
+                                  "(keep the function name and signature of the handed-out notebook)")
+        module = ast.Module(body=kept, type_ignores=[])
+        problem = _forbidden(module)
+        if problem:
+            raise ValueError(f"the {name} cell {problem}")
+        return _PREAMBLE + ast.unparse(module) + "\n"
+    except (RecursionError, MemoryError):
+        raise ValueError(f"the {name} cell nests too deeply to be read") from None
 
 
 # ------------------------------------------------------------------ hidden inputs and references
+def _derived_seed(seed: int) -> int:
+    """A generator seed for drop_context that reveals nothing about ``seed``."""
+    return int.from_bytes(hashlib.sha256(f"drop_context:{seed}".encode()).digest()[:4], "little")
+
+
 def hidden_inputs(seed: int) -> dict[str, dict]:
     """The inputs each exercise is called with (never shown in the notebook; ``seed`` is a grading setting)."""
     g = torch.Generator().manual_seed(seed)
@@ -131,21 +220,55 @@ def hidden_inputs(seed: int) -> dict[str, dict]:
         "reverse_step": {"x_t": x, "t": t, "eps_pred": torch.randn(x.shape, generator=g, dtype=torch.float64),
                          "noise": torch.randn(x.shape, generator=g, dtype=torch.float64), "betas": betas,
                          "alpha_bars": alpha_bars},
-        "drop_context": {"c": many, "drop_prob": 0.1 + 0.2 * (seed % 3) / 2, "seed": seed + 1},
+        "drop_context": {"c": many, "drop_prob": 0.1 + 0.2 * (seed % 3) / 2, "seed": _derived_seed(seed)},
         "guided_eps": {"x_t": x.float(), "t": t, "c": c.float(), "w": 1.5 + seed % 4},
     }
 
 
-def references(inputs: dict[str, dict]) -> dict[str, dict[str, np.ndarray]]:
-    """Expected outputs, from the package's own definitions."""
-    schedule = Schedule(inputs["forward_coefficients"]["betas"], dtype=torch.float64)  # all share these betas
-    qs, rs, ge = inputs["q_sample"], inputs["reverse_step"], inputs["guided_eps"]
+# the kinds of hidden case of each exercise, in the order of hidden_cases(); the report names the failed kinds
+KINDS = {
+    "forward_coefficients": ("the hidden schedule", "a three-step float32 schedule"),
+    "q_sample": ("a float64 batch with t = 0", "a float32 batch", "a batch of one at t = T - 1"),
+    "reverse_step": ("a float64 batch with t = 0", "a batch with t > 0 only", "a float32 batch with t = 0"),
+    "drop_context": ("the hidden drop_prob", "drop_prob = 0 (nothing dropped)", "drop_prob = 1 (everything dropped)"),
+    "guided_eps": ("the hidden w", "w = 0 (the conditional prediction)", "a batch of one"),
+}
+
+
+def _float32(inputs: dict) -> dict:
+    return {k: v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
+
+
+def hidden_cases(seed: int) -> dict[str, list[dict]]:
+    """{exercise: its hidden cases' inputs, one per kind of KINDS}: each exercise scores the fraction it passes."""
+    base = hidden_inputs(seed)
+    qs, rs, ge, dc = base["q_sample"], base["reverse_step"], base["guided_eps"], base["drop_context"]
+    last = torch.tensor([len(qs["alpha_bars"]) - 1])
     return {
-        "forward_coefficients": {"alphas": schedule.alphas.numpy(), "alpha_bars": schedule.alpha_bars.numpy()},
-        "q_sample": {"out": schedule.q_sample(qs["x0"], qs["t"], qs["noise"]).numpy()},
-        "reverse_step": {"out": schedule.ddpm_step(rs["x_t"], rs["t"], rs["eps_pred"], rs["noise"]).numpy()},
-        "guided_eps": {"out": guided_eps_fn(probe_model, ge["c"], ge["w"])(ge["x_t"], ge["t"]).numpy()},
+        "forward_coefficients": [base["forward_coefficients"], {"betas": scaled_linear_betas(3).float()}],
+        "q_sample": [qs, _float32(qs), {**qs, "x0": qs["x0"][:1], "t": last, "noise": qs["noise"][:1]}],
+        "reverse_step": [rs, {**rs, "t": rs["t"].clamp(min=1)}, _float32(rs)],
+        "drop_context": [dc, {**dc, "drop_prob": 0.0}, {**dc, "drop_prob": 1.0}],
+        "guided_eps": [ge, {**ge, "w": 0.0}, {**ge, "x_t": ge["x_t"][:1], "t": ge["t"][:1], "c": ge["c"][:1]}],
     }
+
+
+def reference(name: str, inputs: dict) -> dict[str, np.ndarray]:
+    """Expected outputs of exercise ``name`` on one case, from the package's own definitions in float64
+    (drop_context has none: it is checked by its statistics)."""
+    x = {k: v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v for k, v in inputs.items()}
+    if name == "forward_coefficients":
+        schedule = Schedule(x["betas"], dtype=torch.float64)
+        return {"alphas": schedule.alphas.numpy(), "alpha_bars": schedule.alpha_bars.numpy()}
+    if name == "q_sample":
+        alphas = x["alpha_bars"] / torch.cat([x["alpha_bars"].new_ones(1), x["alpha_bars"][:-1]])
+        return {"out": Schedule(1 - alphas, dtype=torch.float64).q_sample(x["x0"], x["t"], x["noise"]).numpy()}
+    if name == "reverse_step":
+        schedule = Schedule(x["betas"], dtype=torch.float64)
+        return {"out": schedule.ddpm_step(x["x_t"], x["t"], x["eps_pred"], x["noise"]).numpy()}
+    if name == "guided_eps":
+        return {"out": guided_eps_fn(probe_model, inputs["c"], x["w"])(inputs["x_t"], inputs["t"]).numpy()}
+    return {}
 
 
 def _compare(got: np.ndarray, expected: np.ndarray, what: str, tol: float) -> str | None:
@@ -177,38 +300,56 @@ def _check_drop_context(got: np.ndarray, c: np.ndarray, drop_prob: float) -> str
     return None
 
 
-def compare_outputs(name: str, outdir: Path, inputs: dict, expected: dict, tol: float) -> str | None:
-    """None when exercise ``name`` passed, else a message for the student."""
-    record_path = outdir / f"{name}.json"
+def compare_outputs(name: str, case: int, outdir: Path, inputs: dict, expected: dict, tol: float,
+                    secrets: tuple[str, ...] = ()) -> str | None:
+    """None when exercise ``name`` passed hidden case ``case``, else a message for the student (never a
+    hidden value)."""
+    record_path = outdir / f"{name}.{case}.json"
     if not record_path.is_file():
         return f"{name}: no result (the process ended inside it)"
-    record = json.loads(record_path.read_text(encoding="utf-8"))
+    try:
+        record = read_json(record_path, RECORD_CAP)
+    except SubmissionError as error:
+        return f"{name}: unreadable result ({error})"
     if not isinstance(record, dict):
         return f"{name}: no result"
     if record.get("error"):
-        return f"{name} raised {str(record['error'])[:300]}"
+        return f"{name} raised {redact(str(record['error'])[:300], secrets)}"
     keys = ("alphas", "alpha_bars") if name == "forward_coefficients" else ("out",)
     for key in keys:
-        path = outdir / f"{name}.{key}.npy"
+        path = outdir / f"{name}.{case}.{key}.npy"
         try:
+            if path.is_symlink() or path.stat().st_size > OUTPUT_CAP:
+                return f"{name}: output {key} is a link or over {OUTPUT_CAP} bytes"
             got = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            return f"{name}: unreadable output {key} ({str(error)[:100]})"
+        except (OSError, ValueError, EOFError) as error:
+            return f"{name}: unreadable output {key} ({redact(str(error)[:100])})"
+        if not isinstance(got, np.ndarray):
+            return f"{name}: output {key} is not an array"
         if name == "drop_context":
-            spec = inputs[name]
-            return _check_drop_context(got, spec["c"].numpy(), spec["drop_prob"])
-        problem = _compare(got, expected[name][key], f"{name} ({key})" if len(keys) > 1 else name, tol)
+            return _check_drop_context(got, inputs["c"].numpy(), inputs["drop_prob"])
+        problem = _compare(got, expected[key], f"{name} ({key})" if len(keys) > 1 else name, tol)
         if problem:
             return problem
     if name == "guided_eps":
-        batches, n = record.get("batches"), inputs[name]["x_t"].shape[0]
+        batches, n = record.get("batches"), inputs["x_t"].shape[0]
         if batches != [2 * n]:
-            return (f"guided_eps: called the model with batches {batches}; expected one call on both contexts "
-                    f"together ([{2 * n}])")
+            return (f"guided_eps: called the model with batches {str(batches)[:60]}; expected one call on both "
+                    f"contexts together ([{2 * n}])")
     return None
 
 
 # ------------------------------------------------------------------ the part
+def _result(name: str, problems: list[str | None]) -> ExerciseResult:
+    """The exercise's fraction of cases passed; the message names each failed kind with its problem."""
+    failed = [f"{kind}: {problem}" for kind, problem in zip(KINDS[name], problems) if problem]
+    if not failed:
+        return ExerciseResult(name, 1.0, f"{name}: correct on all {len(problems)} hidden cases")
+    passed = len(problems) - len(failed)
+    return ExerciseResult(name, passed / len(problems), f"{name}: {passed} of {len(problems)} hidden cases "
+                          "passed; failed: " + " | ".join(failed))
+
+
 def code_fingerprint(modules: dict[str, str | Exception]) -> str:
     text = json.dumps({k: str(v) for k, v in sorted(modules.items())})
     return hashlib.sha256(text.encode()).hexdigest()
@@ -222,33 +363,41 @@ def prepare(nb: dict) -> dict[str, str | Exception]:
             modules[name] = module_source(name, cell)
         except SyntaxError as error:
             modules[name] = SyntaxError(f"SyntaxError in the {name} cell, line {error.lineno}: {error.msg}")
+        except SubmissionError:
+            raise
+        except ValueError as error:
+            modules[name] = error
     return modules
 
 
 def grade_functions(modules: dict[str, str | Exception], *, seed: int, time_limit: float, memory_mb: int,
-                    tol: float = 1e-4) -> FunctionPart:
-    """Run the exercise modules in a sandbox on the hidden inputs of ``seed`` and compare the outputs."""
-    inputs = hidden_inputs(seed)
-    expected = references(inputs)
+                    tol: float = 1e-4, isolated: bool = True) -> FunctionPart:
+    """Run the exercise modules in a sandbox on the hidden cases of ``seed`` and compare the outputs
+    (``isolated=False``: without bubblewrap, see :mod:`.sandbox`)."""
+    cases = hidden_cases(seed)
+    secrets = (str(seed), str(_derived_seed(seed)))
     with tempfile.TemporaryDirectory(prefix="dlcourse-grade-") as temp:
         workdir = Path(temp) / "work"
         workdir.mkdir()
-        job: dict[str, dict] = {}
+        shutil.copyfile(CHILD, workdir / CHILD.name)
+        job: dict[str, list[dict]] = {}
         for name in EXERCISES:
             if isinstance(modules[name], Exception):
                 continue
             (workdir / f"ex_{name}.py").write_text(modules[name], encoding="utf-8")
-            spec = {}
-            for key, value in inputs[name].items():
-                if isinstance(value, torch.Tensor):
-                    np.save(workdir / f"{name}.{key}.npy", value.numpy(), allow_pickle=False)
-                    spec[key] = {"npy": f"{name}.{key}.npy"}
-                else:
-                    spec[key] = value
-            job[name] = spec
+            job[name] = []
+            for case, inputs in enumerate(cases[name]):
+                spec = {}
+                for key, value in inputs.items():
+                    if isinstance(value, torch.Tensor):
+                        np.save(workdir / f"{name}.{case}.{key}.npy", value.numpy(), allow_pickle=False)
+                        spec[key] = {"npy": f"{name}.{case}.{key}.npy"}
+                    else:
+                        spec[key] = value
+                job[name].append(spec)
         (workdir / "job.json").write_text(json.dumps(job), encoding="utf-8")
-        result = sandbox.run(sandbox.python_argv(CHILD, str(workdir), PACKAGE_PARENT), workdir,
-                             time_limit=time_limit, memory_mb=memory_mb)
+        result = sandbox.run_python(CHILD.name, workdir, time_limit=time_limit, memory_mb=memory_mb,
+                                    isolated=isolated)
         outdir = workdir / "out"
         try:
             if result.timed_out:
@@ -256,8 +405,8 @@ def grade_functions(modules: dict[str, str | Exception], *, seed: int, time_limi
                                     seconds=result.seconds)
             fatal = outdir / "fatal.json"
             if result.returncode == FATAL_EXIT and fatal.is_file():
-                reason = json.loads(fatal.read_text(encoding="utf-8")).get("reason", "memory limit")
-                return FunctionPart("crashed", reason=f"{reason} ({memory_mb} MiB)"[:200], seconds=result.seconds)
+                return FunctionPart("crashed", reason=f"memory limit reached ({memory_mb} MiB)",
+                                    seconds=result.seconds)
             if result.returncode != 0 or not (outdir / "done.json").is_file():
                 how = (f"killed by signal {-result.returncode}" if result.returncode and result.returncode < 0
                        else f"exit status {result.returncode}")
@@ -266,10 +415,11 @@ def grade_functions(modules: dict[str, str | Exception], *, seed: int, time_limi
             results = []
             for name in EXERCISES:
                 if isinstance(modules[name], Exception):
-                    results.append(ExerciseResult(name, False, str(modules[name])))
+                    results.append(ExerciseResult(name, 0.0, str(modules[name])))
                     continue
-                problem = compare_outputs(name, outdir, inputs, expected, tol)
-                results.append(ExerciseResult(name, problem is None, problem or f"{name}: correct"))
+                problems = [compare_outputs(name, case, outdir, inputs, reference(name, inputs), tol, secrets)
+                            for case, inputs in enumerate(cases[name])]
+                results.append(_result(name, problems))
         finally:
             sandbox.remove_tree(workdir)
     status = "ok" if all(r.passed for r in results) else "failed"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,19 @@ def read_w(folder: Path) -> float:
 
 
 # ------------------------------------------------------------------ scoring
+class SamplingTimeout(Exception):
+    """The model's sampling ran past its time limit."""
+
+
+class UnscorableSamples(Exception):
+    """The model's samples are NaN or infinite (the model overflows)."""
+
+
+def sampling_compute(model: nn.Module, steps: int) -> int:
+    """The compute cap's measure of sampling ``model``: parameters × pixels × DDIM steps."""
+    return count_parameters(model) * model.config["image_size"] ** 2 * min(steps, model.config["T"])
+
+
 @dataclass
 class ModelScore:
     class_accuracy: float
@@ -102,25 +116,37 @@ def copy_fraction(samples: torch.Tensor, data: ScoringData, threshold: float) ->
     return float((nearest < threshold * typical).double().mean())
 
 
-def sample_model(model: nn.Module, w: float, n_per_pair: int, steps: int, seed: int, device="cpu") -> tuple:
+def sample_model(model: nn.Module, w: float, n_per_pair: int, steps: int, seed: int, device="cpu",
+                 time_limit: float | None = None) -> tuple:
     """(images in [−1, 1], class labels, colour labels): ``n_per_pair`` per (class, colour) pair,
     DDIM with ``steps`` steps (at most T), η = 0, x̂₀ clipped, batched guidance at ``w``, from ``seed``
-    (noise drawn on the CPU, so every device starts from the same x_T); the model runs on ``device``."""
+    (noise drawn on the CPU, so every device starts from the same x_T); the model runs on ``device``.
+    SamplingTimeout when a step starts after ``time_limit`` seconds."""
     labels = torch.tensor([k for k, _ in PAIRS for _ in range(n_per_pair)])
     colours = torch.tensor([c for _, c in PAIRS for _ in range(n_per_pair)])
     size = model.config["image_size"]
     schedule = assessment_schedule(model.config["T"]).to(device)
     generator = torch.Generator().manual_seed(seed)
-    eps_fn = guided_eps_fn(model.to(device), flower_context(labels, colours).to(device), w)
+    guided = guided_eps_fn(model.to(device), flower_context(labels, colours).to(device), w)
+    deadline = None if time_limit is None else time.monotonic() + time_limit
+
+    def eps_fn(x_t, t):
+        if deadline is not None and time.monotonic() > deadline:
+            raise SamplingTimeout(f"sampling the model ran past the {time_limit:g} s limit")
+        return guided(x_t, t)
+
     x = ddim_sample(eps_fn, schedule, (len(labels), 3, size, size), steps=min(steps, schedule.T), generator=generator,
                     device=device, progress=False)
     return x.cpu().clamp(-1, 1), labels, colours
 
 
 def score_model(model: nn.Module, w: float, *, n_per_pair: int, steps: int, seed: int, data: ScoringData,
-                copy_threshold: float, device="cpu") -> ModelScore:
-    """Sample ``model`` on ``device`` and score the samples with the evaluator (on the CPU)."""
-    x, labels, colours = sample_model(model, w, n_per_pair, steps, seed, device)
+                copy_threshold: float, device="cpu", time_limit: float | None = None) -> ModelScore:
+    """Sample ``model`` on ``device`` (SamplingTimeout past ``time_limit`` s) and score the samples with
+    the evaluator (on the CPU); UnscorableSamples when they are not finite."""
+    x, labels, colours = sample_model(model, w, n_per_pair, steps, seed, device, time_limit)
+    if not torch.isfinite(x).all():
+        raise UnscorableSamples("the model's samples are NaN or inf (its outputs overflow)")
     evaluator = load_evaluator()
     return ModelScore(
         class_accuracy=class_accuracy(x, labels, evaluator),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import hashlib
 import html
 import io
 from pathlib import Path
@@ -16,8 +17,27 @@ from ..files import write_atomically
 from ..plotting import image_grid
 
 COLUMNS = ("id", "status", "functions", "model", "total", "class_accuracy", "colour_accuracy", "fid",
-           "diversity", "copy_fraction", "w", "seconds", "reason")
-STATUSES = ("ok", "failed", "timeout", "crashed", "invalid")
+           "diversity", "copy_fraction", "w", "late_days", "reason", "similar_to")
+STATUSES = ("ok", "failed", "timeout", "crashed", "invalid", "error")
+_TEXT_COLUMNS = ("id", "status", "reason", "similar_to")
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "'")
+
+
+def report_name(identifier: str) -> str:
+    """The report file of ``identifier``: its letters, digits and ``-_.`` (others ``_``, at most 60)
+    plus 10 hex digits of its SHA-256, so two ids never share a file."""
+    readable = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_.") else "_" for ch in identifier)[:60]
+    return f"{readable.lstrip('.') or '_'}-{hashlib.sha256(identifier.encode('utf-8', 'surrogatepass')).hexdigest()[:10]}.html"
+
+
+def protect_cell(text: str) -> str:
+    """A text cell a spreadsheet shows as text: a leading ``'`` where it would start a formula (reversible)."""
+    return "'" + text if text.startswith(_FORMULA_START) else text
+
+
+def unprotect_cell(text: str) -> str:
+    """Undo :func:`protect_cell`."""
+    return text[1:] if text.startswith("'") else text
 
 
 def sample_grid_png(samples, n_per_pair: int, scale: int = 4) -> bytes:
@@ -36,7 +56,7 @@ def _rows_html(rows: list[tuple[str, str]]) -> str:
 
 def student_html(row: dict, messages: list[str], answers: dict, grid_png: bytes | None, per_class: dict) -> str:
     """A self-contained HTML page: part results, messages, per-class accuracy, written answers, samples."""
-    summary = _rows_html([(k, str(row.get(k, ""))) for k in COLUMNS])
+    summary = _rows_html([(k, str(row.get(k, ""))) for k in (*COLUMNS, "seconds")])
     notes = "".join(f"<li>{html.escape(m)}</li>" for m in messages)
     classes = _rows_html([(k, f"{v:.2f}") for k, v in per_class.items()])
     written = _rows_html([(str(k)[:80], str(v)[:2000]) for k, v in answers.items()])
@@ -54,11 +74,16 @@ def student_html(row: dict, messages: list[str], answers: dict, grid_png: bytes 
 
 
 def read_gradebook(path: Path) -> dict[str, dict]:
-    """{id: row} of an existing gradebook (empty when there is none)."""
+    """{id: row} of an existing gradebook (empty when there is none); ValueError when it is not one."""
     if not path.is_file():
         return {}
     with open(path, newline="", encoding="utf-8") as f:
-        return {row["id"]: row for row in csv.DictReader(f)}
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != COLUMNS:
+            raise ValueError(f"{path}: expected a gradebook with columns {','.join(COLUMNS)}, "
+                             f"got {','.join(reader.fieldnames or ())[:200]}")
+        rows = [{k: unprotect_cell(v) if k in _TEXT_COLUMNS else v for k, v in row.items()} for row in reader]
+    return {row["id"]: row for row in rows}
 
 
 def write_gradebook(path: Path, rows: dict[str, dict]) -> None:
@@ -68,7 +93,8 @@ def write_gradebook(path: Path, rows: dict[str, dict]) -> None:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
             for key in sorted(rows):
-                writer.writerow({k: rows[key].get(k, "") for k in COLUMNS})
+                cells = {k: rows[key].get(k, "") for k in COLUMNS}
+                writer.writerow({k: protect_cell(str(v)) if k in _TEXT_COLUMNS else v for k, v in cells.items()})
 
     write_atomically(path, write)
 

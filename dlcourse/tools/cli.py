@@ -29,6 +29,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                   "batched guidance), interleaved repeats; table + JSON", "dlcourse.tools.benchmark:main"),
     "release": ("write what students get (no solutions, no assessment masters) into OUT_DIR", "dlcourse.tools.release:main"),
     "grade": ("grade a folder of assessment submissions into a gradebook CSV and HTML reports", "dlcourse.grading:main"),
+    "gradebook": ("merge shard gradebooks (merge), flag look-alike submissions (similarity), export for Canvas or "
+                  "Moodle (export)",
+                  "dlcourse.grading.grader:gradebook_main"),
 }
 
 
