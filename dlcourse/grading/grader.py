@@ -35,6 +35,7 @@ from ..models.registry import CONFIG_FILE
 from ..files import write_atomically
 from ..validation import fail, is_int, is_real
 from . import exercises, lms, model as model_part, report, sandbox, similarity
+from .report import class_folders, student_id
 
 SETTINGS_FILE = Path(__file__).resolve().parents[2] / "assessments" / "grading.json"
 _SEVERITY = ("error", "invalid", "timeout", "crashed", "failed", "ok")
@@ -146,22 +147,6 @@ def read_submission_times(path: str | os.PathLike) -> dict[str, datetime]:
 def late_days(submitted: datetime, deadline: datetime) -> int:
     """Started days past the deadline (0 when on time)."""
     return max(0, math.ceil((submitted - deadline).total_seconds() / 86400))
-
-
-def student_id(folder: Path) -> str:
-    """The folder name, printable and collision-free: a backslash becomes ``\\\\``, and every byte that
-    is not printable UTF-8 becomes ``\\xNN``."""
-    out = []
-    for ch in os.fsencode(folder.name).decode("utf-8", "surrogateescape"):
-        if "\udc80" <= ch <= "\udcff":
-            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
-        elif ch == "\\":
-            out.append("\\\\")
-        elif not ch.isprintable():
-            out.append("".join(f"\\x{b:02x}" for b in ch.encode("utf-8")))
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def _check_folder(folder: Path, class_dir: Path) -> None:
@@ -315,11 +300,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not (k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
         raise fail("--shard", "K/N with 1 <= K <= N (e.g. 2/8)", repr(text))
     return int(k), int(n)
-
-
-def class_folders(class_dir: Path) -> list[Path]:
-    """The student folders of ``class_dir`` in id order (ids are unique: :func:`student_id`)."""
-    return sorted((p for p in class_dir.iterdir() if p.is_dir() or p.is_symlink()), key=student_id)
 
 
 def shard_of(folders: list[Path], shard: tuple[int, int] | None) -> list[Path]:

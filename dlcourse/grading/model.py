@@ -22,7 +22,7 @@ from .assessment import ANSWERS_FILE, MODEL_LIMITS, PAIRS, W_RANGE, assessment_s
 from ..data import load_flowers
 from ..guidance import guided_eps_fn
 from ..metrics import class_accuracy, colour_accuracy, diversity, fid, load_evaluator, per_class_accuracy
-from ..models.registry import CONFIG_FILE, WEIGHTS_FILE, load_model
+from ..models.registry import CONFIG_FILE, WEIGHTS_FILE, count_parameters, load_model
 from ..sampling import ddim_sample
 from .exercises import SubmissionError
 from ..validation import is_real

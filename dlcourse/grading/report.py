@@ -6,6 +6,7 @@ import csv
 import hashlib
 import html
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,27 @@ COLUMNS = ("id", "status", "functions", "model", "total", "class_accuracy", "col
 STATUSES = ("ok", "failed", "timeout", "crashed", "invalid", "error")
 _TEXT_COLUMNS = ("id", "status", "reason", "similar_to")
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "\n", "'")
+
+
+def student_id(folder: Path) -> str:
+    """The folder name, printable and collision-free: a backslash becomes ``\\\\``, and every byte that
+    is not printable UTF-8 becomes ``\\xNN``."""
+    out = []
+    for ch in os.fsencode(folder.name).decode("utf-8", "surrogateescape"):
+        if "\udc80" <= ch <= "\udcff":
+            out.append(f"\\x{ord(ch) - 0xDC00:02x}")
+        elif ch == "\\":
+            out.append("\\\\")
+        elif not ch.isprintable():
+            out.append("".join(f"\\x{b:02x}" for b in ch.encode("utf-8")))
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def class_folders(class_dir: Path) -> list[Path]:
+    """The student folders of ``class_dir`` in id order (ids are unique: :func:`student_id`)."""
+    return sorted((p for p in class_dir.iterdir() if p.is_dir() or p.is_symlink()), key=student_id)
 
 
 def report_name(identifier: str) -> str:

@@ -24,12 +24,11 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import load as load_safetensors
 
 from ..files import write_atomically
-from ..models.registry import CONFIG_FILE, WEIGHTS_FILE
 from ..validation import fail, is_real
 from . import exercises, model as model_part, report
+from .report import class_folders, student_id
 from .assessment import ANSWERS_FILE, NOTEBOOK_FILE
 
 SKETCH = 256
@@ -41,11 +40,10 @@ def weight_sketch(folder: Path) -> tuple[str, torch.Tensor] | None:
     """(architecture key, unit vector of SKETCH numbers) of the student's weights, or None when they
     cannot be read (the grader reports why)."""
     try:
-        config = model_part.read_config(folder / CONFIG_FILE)
-        data, header = model_part.read_weights(folder / WEIGHTS_FILE)
-        state = load_safetensors(data)
+        model = model_part.load_submission_model(folder)
     except Exception:  # noqa: BLE001 - an unreadable model is simply not compared
         return None
+    config, state = model.config, model.state_dict()
     names = sorted(k for k, v in state.items() if v.dim() >= 2)
     key = hashlib.sha256(repr((sorted(config.items()), [(k, list(state[k].shape)) for k in names])).encode()).hexdigest()
     flat = torch.cat([state[k].double().flatten() for k in names]) if names else torch.zeros(1, dtype=torch.float64)
@@ -137,7 +135,6 @@ def similar_pairs(folders: dict[str, Path], threshold: float) -> list[tuple[str,
 def flag_gradebook(gradebook: str | os.PathLike, class_dir: str | os.PathLike, threshold: float = 0.9) -> list[tuple]:
     """Fill the ``similar_to`` column of ``gradebook`` from the submissions in ``class_dir`` and write
     ``similarity.html`` beside it; the scores stay as they are. Returns the flagged pairs."""
-    from .grader import class_folders, student_id
 
     if not is_real(threshold) or not 0 < threshold <= 1:
         raise fail("--weight-threshold", "a number in (0, 1]", repr(threshold))
