@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 import dlcourse
 from dlcourse.grading.assessment import CONTEXT_DIM, assessment_schedule, flower_context
 from dlcourse.data import PETAL_COLOURS, load_flowers
 from dlcourse.guidance import context_mask
+from dlcourse.losses import diffusion_loss
 from dlcourse.models import ConditionalUNet, count_parameters, save_model
 from dlcourse.training import train
 
@@ -52,9 +52,7 @@ def main() -> int:
         n = x0.shape[0]
         c = flower_context(labels, colours)
         c_mask = context_mask(n, r["drop_prob"], device=x0.device)
-        t = torch.randint(0, schedule.T, (n,), device=x0.device)
-        noise = torch.randn_like(x0)
-        return F.mse_loss(model(schedule.q_sample(x0, t, noise), t, c, c_mask), noise)
+        return diffusion_loss(lambda x, t: model(x, t, c, c_mask), x0, None, schedule)
 
     model = ConditionalUNet(channels=r["channels"], image_size=r["image_size"], T=r["T"], context_dim=CONTEXT_DIM,
                             upsample=r["upsample"], condition_encoder=r["condition_encoder"])

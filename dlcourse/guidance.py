@@ -16,6 +16,7 @@ from typing import Callable
 
 import torch
 
+from dlcourse.losses import diffusion_loss
 from dlcourse.schedules import Schedule, gather
 from dlcourse.validation import check_float_tensor, check_positive_int, check_probability, check_real, describe, fail
 
@@ -88,8 +89,7 @@ def cfg_loss(model: Callable, x0: torch.Tensor, c: torch.Tensor, schedule: Sched
     c_mask = context_mask(n, drop_prob, generator=generator, device=x0.device)
     t = torch.randint(0, schedule.T, (n,), generator=generator, device=where).to(x0.device)
     noise = torch.randn(x0.shape, generator=generator, device=where).to(x0.device)
-    eps_pred = model(schedule.q_sample(x0, t, noise), t, c, c_mask)
-    return torch.nn.functional.mse_loss(eps_pred.float(), noise.float())
+    return diffusion_loss(lambda x_t, tt: model(x_t, tt, c, c_mask), x0, t, schedule, noise)
 
 
 def cfg_eps(eps_cond: torch.Tensor, eps_uncond: torch.Tensor, w) -> torch.Tensor:

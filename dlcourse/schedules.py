@@ -25,12 +25,24 @@ __all__ = [
     "scaled_linear_betas",
     "gather",
     "X0_MODES",
+    "PREDICTIONS",
+    "check_prediction",
     "adjust_x0",
     "dynamic_threshold",
     "Schedule",
 ]
 
 X0_MODES = ("none", "clip", "dynamic")
+PREDICTIONS = ("eps", "x0", "v")
+
+
+def check_prediction(prediction, name: str = "prediction") -> str:
+    """What a network predicts: ``"eps"`` (the noise ε), ``"x0"`` (the clean image x̂_0) or ``"v"``
+    (v = √ᾱ_t ε − √(1−ᾱ_t) x_0, Salimans & Ho 2022)."""
+    if prediction not in PREDICTIONS:
+        raise fail(name, "'eps' (the noise), 'x0' (the clean image) or 'v' (√ᾱ_t ε − √(1−ᾱ_t) x_0)",
+                   describe(prediction))
+    return prediction
 
 
 def _check_x0_mode(x0_mode, percentile) -> None:
@@ -247,19 +259,22 @@ class Schedule:
     # --- reverse steps -------------------------------------------------------------------------
     def ddpm_step(self, x_t: torch.Tensor, t: torch.Tensor, eps_pred: torch.Tensor,
                   noise: torch.Tensor | None = None, variance: str = "beta", x0_mode: str = "none",
-                  percentile: float = 0.995) -> torch.Tensor:
+                  percentile: float = 0.995, prediction: str = "eps") -> torch.Tensor:
         """x_{t−1} = 1/√α_t·(x_t − β_t/√(1 − ᾱ_t)·ε_θ) + σ_t z, with σ_t² = β_t or β̃_t.
 
         No noise is added where t == 0 (the last step returns the mean). ``noise=None``
         draws z with ``torch.randn_like``. ``x0_mode`` (see :func:`adjust_x0`): with ``"clip"`` or
         ``"dynamic"`` the implied x̂_0 = (x_t − √(1−ᾱ_t) ε_θ)/√ᾱ_t is adjusted first and ε_θ is
         recomputed from it, ε = (x_t − √ᾱ_t x̂_0)/√(1−ᾱ_t); the mean is then μ̃(x̂_0, x_t).
-        The default ``"none"`` is the plain formula above.
+        The default ``"none"`` is the plain formula above. ``prediction``: what ``eps_pred`` is, ε
+        (default), x̂_0 or v; it is turned into ε by :meth:`convert` first.
         """
         if variance not in ("beta", "beta_tilde"):
             raise fail("variance", "'beta' (σ² = β_t) or 'beta_tilde' (σ² = β̃_t)", describe(variance))
+        check_prediction(prediction)
         x = self._check(x_t, t, "x_t")
-        eps = _check_like(eps_pred, x_t, "eps_pred", "x_t").to(x.dtype)
+        _check_like(eps_pred, x_t, "eps_pred", "x_t")
+        eps = self.convert(x_t, t, eps_pred, prediction).to(x.dtype)
         z = torch.randn_like(x_t) if noise is None else _check_like(noise, x_t, "noise", "x_t")
         _check_x0_mode(x0_mode, percentile)
         beta, ab, alpha = self._coef(self.betas, t, x), self._coef(self.alpha_bars, t, x), self._coef(self.alphas, t, x)
@@ -272,7 +287,7 @@ class Schedule:
 
     def ddim_step(self, x_t: torch.Tensor, t: torch.Tensor, t_prev, eps_pred: torch.Tensor,
                   eta: float = 0.0, noise: torch.Tensor | None = None, x0_mode: str = "none",
-                  percentile: float = 0.995) -> torch.Tensor:
+                  percentile: float = 0.995, prediction: str = "eps") -> torch.Tensor:
         """Jump from t to any earlier t_prev (Song et al. 2021):
 
         x̂_0 = (x_t − √(1−ᾱ_t) ε)/√ᾱ_t,
@@ -283,11 +298,14 @@ class Schedule:
         step to ᾱ = 1 (returns x̂_0). η = 0 is deterministic; η = 1 over all steps is DDPM with β̃.
         ``x0_mode`` (see :func:`adjust_x0`): ``"clip"``/``"dynamic"`` adjust x̂_0 and recompute
         ε = (x_t − √ᾱ_t x̂_0)/√(1−ᾱ_t) before the update; ``"none"`` (default) is the formula above.
+        ``prediction``: what ``eps_pred`` is, ε (default), x̂_0 or v (see :meth:`convert`).
         """
         _check_x0_mode(x0_mode, percentile)
         eta = check_eta(eta)
+        check_prediction(prediction)
         x = self._check(x_t, t, "x_t")
-        eps = _check_like(eps_pred, x_t, "eps_pred", "x_t").to(x.dtype)
+        _check_like(eps_pred, x_t, "eps_pred", "x_t")
+        eps = self.convert(x_t, t, eps_pred, prediction).to(x.dtype)
         if is_int(t_prev):
             t_prev = torch.full_like(t, int(t_prev))
         elif not isinstance(t_prev, torch.Tensor) or t_prev.dtype == torch.bool or t_prev.is_floating_point():
@@ -309,19 +327,55 @@ class Schedule:
         return out.to(x_t.dtype)
 
     # --- conversions between ε, x̂_0 and v -----------------------------------------------------
+    def convert(self, x_t: torch.Tensor, t: torch.Tensor, pred: torch.Tensor, source: str = "eps",
+                target: str = "eps") -> torch.Tensor:
+        """A network's output ``pred`` at (x_t, t), a ``source`` prediction, as a ``target`` one.
+
+        With a = √ᾱ_t, b = √(1 − ᾱ_t) (a² + b² = 1), x_t = a x_0 + b ε and v = a ε − b x_0:
+
+            from ε:    x̂_0 = (x_t − b ε)/a,
+            from x̂_0:  ε = (x_t − a x̂_0)/b,
+            from v:    x̂_0 = a x_t − b v,   ε = b x_t + a v,
+            to v:      v = a ε − b x̂_0 (:meth:`v_target`).
+
+        ``source``/``target``: ``"eps"``, ``"x0"`` or ``"v"``; equal ones return ``pred`` itself.
+        """
+        check_prediction(source, "source")
+        check_prediction(target, "target")
+        x = self._check(x_t, t, "x_t")
+        p = _check_like(pred, x_t, source, "x_t")
+        if source == target:
+            return p
+        p = p.to(x.dtype)
+        ab = self._coef(self.alpha_bars, t, x)
+        a, b = ab.sqrt(), (1 - ab).sqrt()
+        if source == "eps":
+            x0, eps = (x - b * p) / a, p
+        elif source == "x0":
+            x0, eps = p, (x - a * p) / b
+        else:
+            x0, eps = a * x - b * p, b * x + a * p
+        if target == "v":
+            return self.v_target(x0, eps, t).to(x_t.dtype)
+        return (eps if target == "eps" else x0).to(x_t.dtype)
+
+    def x0_and_eps(self, x_t: torch.Tensor, t: torch.Tensor, pred: torch.Tensor, prediction: str = "eps",
+                   x0_mode: str = "none", percentile: float = 0.995) -> tuple[torch.Tensor, torch.Tensor]:
+        """What a sampler's step uses: x̂_0 and ε from a network output (:meth:`convert`), with x̂_0
+        adjusted by ``x0_mode`` (:func:`adjust_x0`) and ε recomputed from it, ε = (x_t − √ᾱ_t x̂_0)/√(1−ᾱ_t)."""
+        _check_x0_mode(x0_mode, percentile)
+        x = self._check(x_t, t, "x_t")
+        eps = self.convert(x_t, t, pred, prediction).to(x.dtype)
+        x0_pred, eps = _x0_and_eps(x, eps, self._coef(self.alpha_bars, t, x), x0_mode, percentile)
+        return x0_pred.to(x_t.dtype), eps.to(x_t.dtype)
+
     def predict_x0(self, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """x̂_0 = (x_t − √(1 − ᾱ_t) ε)/√ᾱ_t."""
-        x = self._check(x_t, t, "x_t")
-        e = _check_like(eps, x_t, "eps", "x_t").to(x.dtype)
-        ab = self._coef(self.alpha_bars, t, x)
-        return ((x - (1 - ab).sqrt() * e) / ab.sqrt()).to(x_t.dtype)
+        return self.convert(x_t, t, eps, "eps", "x0")
 
     def predict_eps(self, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
         """ε̂ = (x_t − √ᾱ_t x_0)/√(1 − ᾱ_t)."""
-        x = self._check(x_t, t, "x_t")
-        clean = _check_like(x0, x_t, "x0", "x_t").to(x.dtype)
-        ab = self._coef(self.alpha_bars, t, x)
-        return ((x - ab.sqrt() * clean) / (1 - ab).sqrt()).to(x_t.dtype)
+        return self.convert(x_t, t, x0, "x0", "eps")
 
     def v_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """v = √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho 2022)."""
@@ -332,14 +386,8 @@ class Schedule:
 
     def eps_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """ε = √(1 − ᾱ_t) x_t + √ᾱ_t v."""
-        x = self._check(x_t, t, "x_t")
-        vv = _check_like(v, x_t, "v", "x_t").to(x.dtype)
-        ab = self._coef(self.alpha_bars, t, x)
-        return ((1 - ab).sqrt() * x + ab.sqrt() * vv).to(x_t.dtype)
+        return self.convert(x_t, t, v, "v", "eps")
 
     def x0_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """x_0 = √ᾱ_t x_t − √(1 − ᾱ_t) v."""
-        x = self._check(x_t, t, "x_t")
-        vv = _check_like(v, x_t, "v", "x_t").to(x.dtype)
-        ab = self._coef(self.alpha_bars, t, x)
-        return (ab.sqrt() * x - (1 - ab).sqrt() * vv).to(x_t.dtype)
+        return self.convert(x_t, t, v, "v", "x0")

@@ -9,11 +9,12 @@ import time
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .device import get_device
+from .losses import diffusion_loss
 from .sampling import ddim_sample, ddpm_sample
+from .schedules import Schedule, scaled_linear_betas
 from .training import FastPath, TrainStep
 from .validation import check_choice, check_positive_int
 
@@ -33,7 +34,8 @@ def peak_memory_mib(device: torch.device) -> float | None:
 
 def time_train_step(model: nn.Module, *, batch_size: int, device=None, channels_last: bool = False,
                     amp_dtype=None, timed_steps: int = 10, warmup_steps: int = 3, seed: int = 0) -> dict:
-    """Seconds per AdamW step of ‖ε − ε_θ(x_t, t)‖² on a random batch, and peak memory (CUDA).
+    """Seconds per AdamW step of the ε-loss ``losses.diffusion_loss`` (x_t = q_sample(x_0, t, ε), linear betas
+    scaled to ``model.T``) on a random batch, and peak memory (CUDA).
 
     ``model(x, t)`` must take images (N, C, S, S) and steps t (N,) < ``model.T``.
     ``channels_last`` stores weights and inputs as NHWC; ``amp_dtype`` autocasts the
@@ -50,10 +52,11 @@ def time_train_step(model: nn.Module, *, batch_size: int, device=None, channels_
     shape = (batch_size, model.image_channels, model.image_size, model.image_size)
     batch = torch.utils.data.TensorDataset(torch.randn(shape, generator=g), torch.randn(shape, generator=g),
                                            torch.randint(0, model.T, (batch_size,), generator=g))
+    schedule = Schedule(scaled_linear_betas(model.T)).to(device)
 
     def loss_fn(m, b):
-        x_t, noise, t = b
-        return F.mse_loss(m(x_t, t).float(), noise)
+        x0, noise, t = b
+        return diffusion_loss(m, x0, t, schedule, noise)
 
     run = TrainStep(model.train(), loss_fn, batch, batch_size=batch_size, lr=1e-4, device=device,
                     fast=FastPath(data_on_device=True, amp_dtype=amp_dtype, channels_last=channels_last))

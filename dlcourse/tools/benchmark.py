@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .cli import Parser, reports_errors
@@ -189,6 +188,7 @@ def _network(settings: Settings, model: str) -> nn.Module:
 def train_trial(settings: Settings, device: torch.device, *, model: str, fast: dict) -> _Trial:
     """``settings.timed_steps`` updates of :class:`~dlcourse.training.TrainStep` on the ε-prediction loss
     over random images kept on the CPU (as a dataset is), with the :class:`FastPath` switches ``fast``."""
+    from ..losses import diffusion_loss
     from ..training import FastPath, TrainStep
 
     switches = FastPath(**{**fast, "amp_dtype": _AMP[fast.get("amp_dtype")]})
@@ -197,9 +197,7 @@ def train_trial(settings: Settings, device: torch.device, *, model: str, fast: d
     schedule = _schedule(settings, device)
 
     def loss_fn(m, x0):
-        t = torch.randint(0, settings.T, (x0.shape[0],), device=x0.device)
-        noise = torch.randn_like(x0)
-        return F.mse_loss(m(schedule.q_sample(x0, t, noise), t).float(), noise)
+        return diffusion_loss(m, x0, None, schedule)
 
     data = torch.randn(4 * settings.batch_size, 3, settings.image_size, settings.image_size)
     run = TrainStep(net, loss_fn, data, batch_size=settings.batch_size, lr=1e-4, device=device, fast=switches)

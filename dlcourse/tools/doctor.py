@@ -144,6 +144,8 @@ def _setup_key(lesson: str, mode_name: str) -> tuple:
 def _time_setup(key: tuple, device: torch.device, seconds: float) -> float | None:
     """Seconds per update of one set-up: one warm-up update, then updates until ``seconds`` have passed."""
     from .. import models
+    from ..losses import diffusion_loss
+    from ..schedules import Schedule, scaled_linear_betas
     from ..training import TrainStep, fast_path
 
     kind, channels, size, T, batch_size, extra = key
@@ -153,15 +155,15 @@ def _time_setup(key: tuple, device: torch.device, seconds: float) -> float | Non
     net = cls(**kwargs)
     context = dict(extra).get("context_dim")
 
+    schedule = None if T is None else Schedule(scaled_linear_betas(T)).to(device)
+
     def loss_fn(m, x0):
         if kind == "UNetDenoiser":
             return F.mse_loss(m(x0 + torch.randn_like(x0)), x0)
-        t = torch.randint(0, T, (x0.shape[0],), device=x0.device)
-        noise = torch.randn_like(x0)
         if context is None:
-            return F.mse_loss(m(x0 + noise, t), noise)
+            return diffusion_loss(m, x0, None, schedule)
         c = torch.randn(x0.shape[0], context, device=x0.device)
-        return F.mse_loss(m(x0 + noise, t, c, torch.ones(x0.shape[0], device=x0.device)), noise)
+        return diffusion_loss(lambda x, t: m(x, t, c, torch.ones(x0.shape[0], device=x0.device)), x0, None, schedule)
 
     data = torch.randn(2 * batch_size, 3, size, size)
     run = TrainStep(net, loss_fn, data, batch_size=batch_size, lr=1e-4, device=device, fast=fast_path(device))
