@@ -6,7 +6,7 @@ import pytest
 
 from dlcourse import losses
 from dlcourse.tools import benchmark, recipe
-from dlcourse.tools.recipe import BASELINE, WARMUP, lr_at
+from dlcourse.tools.recipe import BASELINE, WARMUP, Recipe, lr_at
 
 CPU_SECONDS, SAMPLES = 0.5, 8
 
@@ -16,7 +16,7 @@ def _run(tmp_path, *extra):
     status = recipe.main(["--budget", "quick", "--cpu-seconds", str(CPU_SECONDS), "--samples", str(SAMPLES),
                           "--slices", "2", "--out", str(out), "--json", str(data), "--no-progress", *extra])
     assert status == 0
-    return out.read_text(), json.loads(data.read_text())
+    return out, json.loads(data.read_text())
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +30,8 @@ def study(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(recipe, "diffusion_loss", spy)
-        page, info = _run(tmp_path_factory.mktemp("recipe"))
-    return page, info, calls, tmp_path_factory
+        out, info = _run(tmp_path_factory.mktemp("recipe"))
+    return out.read_text(), info, calls, out
 
 
 def test_every_row_trains_for_the_same_cpu_seconds(study):
@@ -87,24 +87,24 @@ def test_every_model_is_scored_with_each_of_its_samplers(study):
     assert f"floor at this N: {info['real']['fid']:.2f}" in page and "load average" in page.lower()
 
 
-def test_one_grid_per_trained_row(study, tmp_path):
-    page, info, _, _ = study
+def test_one_grid_per_trained_row(study):
+    page, info, _, out = study
     grids = [line["grid"] for line in info["report"]["lines"] if "grid" in line]
     assert len(grids) == len(recipe.ROWS)
     for name in grids:
-        assert f"]({info['grids']}/{name})" in page
+        assert f"]({info['grids']}/{name})" in page and (out.parent / info["grids"] / name).stat().st_size > 0
 
 
 def test_the_peer_says_why_it_is_skipped(monkeypatch, tmp_path):
     monkeypatch.setattr(benchmark, "_diffusers_version", lambda: None)
-    page, info = _run(tmp_path, "--rows", "peer")
+    out, info = _run(tmp_path, "--rows", "peer")
     (row,) = info["report"]["rows"]
     assert "diffusers is not installed" in row["skipped"] and info["report"]["lines"] == []
-    assert "skipped: diffusers is not installed" in page
+    assert "skipped: diffusers is not installed" in out.read_text()
 
 
 def test_warm_up_then_cosine_decay_on_the_cpu_clock():
-    warm = BASELINE.__class__(lr_schedule="warmup_cosine")
+    warm = Recipe(lr_schedule="warmup_cosine")
     assert lr_at(BASELINE, 2e-3, 0.7) == 2e-3
     assert lr_at(warm, 2e-3, 0.0) == 0 and lr_at(warm, 2e-3, WARMUP / 2) == pytest.approx(1e-3)
     assert lr_at(warm, 2e-3, WARMUP) == pytest.approx(2e-3)
