@@ -56,6 +56,8 @@ def test_each_row_trained_with_its_own_recipe(study):
     assert base["lr_first"] == base["lr_last"] == base["lr"]
     warm = rows["warm-up + cosine lr"]
     assert warm["lr_first"] == 0 and warm["lr_last"] < warm["lr"]
+    again = rows["baseline, seed 1"]
+    assert again["recipe"]["seed"] == 1 and again["final_loss"] != base["final_loss"]
     cumulative = rows["cumulative"]["recipe"]
     assert (cumulative["prediction"], cumulative["weighting"], cumulative["schedule"], cumulative["lr_schedule"]) == \
         ("v", "min_snr", "cosine", "warmup_cosine")

@@ -55,6 +55,7 @@ class Recipe:
     lr: float | None = None
     batch_scale: float = 1.0
     network: str = "ours"  # or "peer"
+    seed: int = 0  # initial weights, batches, t and ε
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,11 @@ ROWS: list[Row] = [
         replace(BASELINE, lr_schedule="warmup_cosine")),
     Row("batch ×0.5", "half the budget's batch", replace(BASELINE, batch_scale=0.5)),
     Row("batch ×2", "twice the budget's batch", replace(BASELINE, batch_scale=2.0)),
+    Row("baseline, seed 1", "the baseline with other initial weights, batches, t and ε: the run-to-run spread",
+        replace(BASELINE, seed=1)),
     Row("cumulative", "v-prediction + min-SNR-5 + cosine schedule + warm-up/cosine lr", CUMULATIVE),
+    Row("cumulative, batch ×0.5", "the cumulative row with half the budget's batch",
+        replace(CUMULATIVE, batch_scale=0.5)),
     Row("diffusers peer", "UNet2DModel, DDPMScheduler (cosine), ε, AdamW lr 1e-4",
         Recipe(schedule="diffusers cosine", lr=1e-4, network="peer"),
         samplers=("DDPMScheduler-T", f"DDPMScheduler-{SAMPLING_STEPS}", f"DDIMScheduler-{SAMPLING_STEPS}"),
@@ -113,17 +118,17 @@ def _schedule(name: str, T: int):
     return Schedule(makers[name](T))
 
 
-def _network(network: str, sizes) -> torch.nn.Module:
+def _network(network: str, sizes, seed: int = 0) -> torch.nn.Module:
     """Lesson 02's U-Net with lesson 03's switches, or the peer with as many parameters (seeded: every row of
-    one network starts from the same weights)."""
+    one network and seed starts from the same weights)."""
     from ..models import UNet, count_parameters
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     ours = UNet(channels=tuple(sizes.channels), image_size=sizes.image_size, T=sizes.T, **OPTIMISED)
     if network == "ours":
         return ours
     config, _ = benchmark.peer_config(count_parameters(ours), sizes.image_size, len(sizes.channels))
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     return benchmark.PeerUNet(sizes.image_size, sizes.T, config)
 
 
@@ -148,13 +153,13 @@ class _Training:
             raise fail("lr_schedule", "'constant' or 'warmup_cosine'", repr(row.recipe.lr_schedule))
         self.row, self.recipe, self.budget = row, row.recipe, cpu_seconds
         self.schedule = _schedule(row.recipe.schedule, sizes.T)
-        self.net = _network(row.recipe.network, sizes)
+        self.net = _network(row.recipe.network, sizes, row.recipe.seed)
         self.peak_lr = row.recipe.lr or sizes.lr
         self.batch_size = max(1, round(row.recipe.batch_scale * sizes.batch_size))
-        self.generator = torch.Generator().manual_seed(0)  # t and ε of this row alone, whatever the interleaving
+        self.generator = torch.Generator().manual_seed(row.recipe.seed)  # this row's t and ε, however interleaved
         own, *extra = row.ema_decays
         self.run = TrainStep(self.net, self._loss, data, batch_size=self.batch_size, lr=self.peak_lr,
-                             device=torch.device("cpu"), fast=FastPath(), ema_decay=own)
+                             device=torch.device("cpu"), fast=FastPath(), seed=row.recipe.seed, ema_decay=own)
         self.extra = {d: EMA(self.net, d) for d in extra if d is not None}
         self.cpu_seconds, self.steps, self.longest_step, self.losses, self.lrs = 0.0, 0, 0.0, [], []
 
@@ -340,6 +345,7 @@ def format_markdown(info: dict) -> str:
     sizes, real, rows = info["sizes"], info["real"], {r["name"]: r for r in info["report"]["rows"]}
     loads = info["report"]["load_average_during"]
     peer = rows.get("diffusers peer", {})
+    decays = sorted({d for r in rows.values() for d in r.get("ema_decays", ()) if d})
     lines = [
         "# The recipe study: lesson 02's model at equal CPU seconds",
         "",
@@ -354,9 +360,11 @@ def format_markdown(info: dict) -> str:
         f"training images) with lesson 03's optimised switches ({info['parameters']:,} parameters). Every row "
         f"trained for {info['cpu_seconds']:g} CPU seconds, in {info['slices']} interleaved slices.",
         f"- **Baseline**: today's recipe — ε-prediction, uniform weighting, scaled-linear betas, constant lr "
-        f"{sizes['lr']:g}, batch {sizes['batch_size']}, EMA {EMA_DECAY:g} (with the course's warm-up d_k = "
-        f"min(d, (1+k)/(10+k)), so below ~9 000 updates 0.999 and 0.9999 are the same average). Each row below it "
-        "changes one thing; the baseline's other EMA decays average its own training.",
+        f"{sizes['lr']:g}, batch {sizes['batch_size']}, EMA {EMA_DECAY:g}. Each row below it changes one thing; "
+        "the baseline's other EMA decays average its own training. The course's EMA warms up, d_k = "
+        "min(d, (1+k)/(10+k)), so decay d takes effect only after (10d − 1)/(1 − d) updates ("
+        + ", ".join(f"{d:g}: {(10 * d - 1) / (1 - d):,.0f}" for d in decays)
+        + "); before that every d is the same average.",
         "- **Peer**: " + (f"diffusers `UNet2DModel` ({peer['parameters']:,} parameters, "
                           f"`benchmark.peer_config`, diffusers {info['diffusers']}), `DDPMScheduler` with its cosine "
                           f"betas at T = {sizes['T']} (its default linear betas assume T = 1000), ε-prediction, AdamW "
@@ -368,7 +376,6 @@ def format_markdown(info: dict) -> str:
         f"**floor at this N: {real['fid']:.2f}** (N training images vs the test set). Class shares: the "
         "evaluator's predicted class of each sample, in % (daisy · dandelion · rose · sunflower · tulip). "
         "Noise-like: samples rougher than every training image. Samplers clip x̂₀.",
-        "",
         "",
         "Rows:",
         "",
