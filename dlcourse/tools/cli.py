@@ -27,6 +27,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
                 "dlcourse.tools.timings:main"),
     "benchmark": ("images/s of training (each fast-path switch, a diffusers peer) and sampling (per-step sync, "
                   "batched guidance), interleaved repeats; table + JSON", "dlcourse.tools.benchmark:main"),
+    "recipe": ("lesson 02's model trained with each change of recipe (v, min-SNR, cosine, lr, batch, EMA) and the "
+               "diffusers peer for equal CPU seconds; FID, class shares, noise-like; table + JSON",
+               "dlcourse.tools.recipe:main"),
     "release": ("write what students get (no solutions, no assessment masters) into OUT_DIR", "dlcourse.tools.release:main"),
     "grade": ("grade a folder of assessment submissions into a gradebook CSV and HTML reports", "dlcourse.grading:main"),
     "gradebook": ("merge shard gradebooks (merge), flag look-alike submissions (similarity), export for Canvas or "
