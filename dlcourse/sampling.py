@@ -127,8 +127,8 @@ def ddpm_sample(eps_fn: EpsFn, schedule: Schedule, shape, *, x_T: torch.Tensor |
                 trajectory[t] = x.detach().cpu()
             tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
             eps = _predict(eps_fn, x, tt)
-            noise = _randn(x.shape, generator, x.device, x.dtype) if t > 0 else torch.zeros_like(x)
-            x = schedule.ddpm_step(x, tt, eps, noise=noise, variance=variance, x0_mode=x0_mode,
+            z = _randn(x.shape, generator, x.device, x.dtype) if t > 0 else torch.zeros_like(x)
+            x = schedule.ddpm_step(x, tt, eps, z=z, variance=variance, x0_mode=x0_mode,
                                    percentile=percentile, prediction=prediction)
     return _finish(x, record, trajectory)
 
@@ -155,10 +155,10 @@ def ddim_sample(eps_fn: EpsFn, schedule: Schedule, shape, *, steps: int = 50, et
             t_prev = ts[i + 1] if i + 1 < len(ts) else -1
             tt = torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
             eps = _predict(eps_fn, x, tt)
-            noise = None
+            z = None
             if eta > 0:  # the last step (to ᾱ = 1) has σ = 0
-                noise = _randn(x.shape, generator, x.device, x.dtype) if t_prev >= 0 else torch.zeros_like(x)
-            x = schedule.ddim_step(x, tt, t_prev, eps, eta=eta, noise=noise, x0_mode=x0_mode,
+                z = _randn(x.shape, generator, x.device, x.dtype) if t_prev >= 0 else torch.zeros_like(x)
+            x = schedule.ddim_step(x, tt, t_prev, eps, eta=eta, z=z, x0_mode=x0_mode,
                                    percentile=percentile, prediction=prediction)
     return _finish(x, record, trajectory)
 

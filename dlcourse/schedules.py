@@ -258,12 +258,12 @@ class Schedule:
 
     # --- reverse steps -------------------------------------------------------------------------
     def ddpm_step(self, x_t: torch.Tensor, t: torch.Tensor, eps_pred: torch.Tensor,
-                  noise: torch.Tensor | None = None, variance: str = "beta", x0_mode: str = "none",
+                  z: torch.Tensor | None = None, variance: str = "beta", x0_mode: str = "none",
                   percentile: float = 0.995, prediction: str = "eps") -> torch.Tensor:
         """x_{t−1} = 1/√α_t·(x_t − β_t/√(1 − ᾱ_t)·ε_θ) + σ_t z, with σ_t² = β_t or β̃_t.
 
-        No noise is added where t == 0 (the last step returns the mean). ``noise=None``
-        draws z with ``torch.randn_like``. ``x0_mode`` (see :func:`adjust_x0`): with ``"clip"`` or
+        ``z`` is the sampler's fresh noise z ~ N(0, I), not the ε of :meth:`q_sample`; it is not
+        added where t == 0 (the last step returns the mean). ``z=None`` draws it with ``torch.randn_like``. ``x0_mode`` (see :func:`adjust_x0`): with ``"clip"`` or
         ``"dynamic"`` the implied x̂_0 = (x_t − √(1−ᾱ_t) ε_θ)/√ᾱ_t is adjusted first and ε_θ is
         recomputed from it, ε = (x_t − √ᾱ_t x̂_0)/√(1−ᾱ_t); the mean is then μ̃(x̂_0, x_t).
         The default ``"none"`` is the plain formula above. ``prediction``: what ``eps_pred`` is, ε
@@ -275,7 +275,7 @@ class Schedule:
         x = self._check(x_t, t, "x_t")
         _check_like(eps_pred, x_t, "eps_pred", "x_t")
         eps = self.convert(x_t, t, eps_pred, prediction).to(x.dtype)
-        z = torch.randn_like(x_t) if noise is None else _check_like(noise, x_t, "noise", "x_t")
+        z = torch.randn_like(x_t) if z is None else _check_like(z, x_t, "z", "x_t")
         _check_x0_mode(x0_mode, percentile)
         beta, ab, alpha = self._coef(self.betas, t, x), self._coef(self.alpha_bars, t, x), self._coef(self.alphas, t, x)
         if x0_mode != "none":
@@ -286,7 +286,7 @@ class Schedule:
         return (mean + nonzero * var.sqrt() * z.to(x.dtype)).to(x_t.dtype)
 
     def ddim_step(self, x_t: torch.Tensor, t: torch.Tensor, t_prev, eps_pred: torch.Tensor,
-                  eta: float = 0.0, noise: torch.Tensor | None = None, x0_mode: str = "none",
+                  eta: float = 0.0, z: torch.Tensor | None = None, x0_mode: str = "none",
                   percentile: float = 0.995, prediction: str = "eps") -> torch.Tensor:
         """Jump from t to any earlier t_prev (Song et al. 2021):
 
@@ -296,6 +296,8 @@ class Schedule:
 
         ``t_prev``: an int or a per-sample integer tensor, −1 ≤ t_prev < t; −1 is the final
         step to ᾱ = 1 (returns x̂_0). η = 0 is deterministic; η = 1 over all steps is DDPM with β̃.
+        ``z``: the sampler's fresh noise z ~ N(0, I), used only when η > 0 (``None`` draws it with
+        ``torch.randn_like``); the ε of the formula is the model's ``eps_pred``.
         ``x0_mode`` (see :func:`adjust_x0`): ``"clip"``/``"dynamic"`` adjust x̂_0 and recompute
         ε = (x_t − √ᾱ_t x̂_0)/√(1−ᾱ_t) before the update; ``"none"`` (default) is the formula above.
         ``prediction``: what ``eps_pred`` is, ε (default), x̂_0 or v (see :meth:`convert`).
@@ -322,7 +324,7 @@ class Schedule:
         sigma = eta * ((1 - ab_prev) / (1 - ab)).sqrt() * (1 - ab / ab_prev).sqrt()
         out = ab_prev.sqrt() * x0_pred + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
         if eta > 0:
-            z = torch.randn_like(x_t) if noise is None else _check_like(noise, x_t, "noise", "x_t")
+            z = torch.randn_like(x_t) if z is None else _check_like(z, x_t, "z", "x_t")
             out = out + sigma * z.to(x.dtype)
         return out.to(x_t.dtype)
 

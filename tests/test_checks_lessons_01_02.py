@@ -76,9 +76,9 @@ def test_check_q_sample_asks_to_fill_in_a_placeholder():
         check_q_sample(placeholder)
 
 
-# ---- ddpm_step(schedule, x_t, t, eps_pred, noise, variance) -------------------------------------
+# ---- ddpm_step(schedule, x_t, t, eps_pred, z, variance) -----------------------------------------
 
-def ddpm_step(schedule, x_t, t, eps_pred, noise, variance="beta", slip=None):
+def ddpm_step(schedule, x_t, t, eps_pred, z, variance="beta", slip=None):
     beta, alpha, ab = _col(schedule.betas, t), _col(schedule.alphas, t), _col(schedule.alpha_bars, t)
     coefficient = {"sqrt beta": beta.sqrt(), "sqrt(1 - abar)": (1 - ab).sqrt()}.get(slip, beta / (1 - ab).sqrt())
     mean = (x_t - coefficient * eps_pred) / alpha.sqrt()
@@ -90,7 +90,7 @@ def ddpm_step(schedule, x_t, t, eps_pred, noise, variance="beta", slip=None):
         keep = torch.zeros_like(keep)
     if slip == "variance":
         var = beta
-    return mean + keep * var.sqrt() * noise
+    return mean + keep * var.sqrt() * z
 
 
 @pytest.mark.parametrize("slip, hint", [

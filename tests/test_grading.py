@@ -148,8 +148,8 @@ def build_class(root: Path, marker: Path) -> Path:
                                                 "return ab * x0 + (1 - ab) * noise", Q_ARGS))
     wrong = _with_cell(wrong, "reverse_step", _def(
         "reverse_step", "b = betas[t].reshape(-1, 1, 1, 1)\nab = alpha_bars[t].reshape(-1, 1, 1, 1)\n"
-        "return (x_t - b / (1 - ab).sqrt() * eps_pred) / (1 - b).sqrt() + b.sqrt() * noise",
-        "x_t, t, eps_pred, noise, betas, alpha_bars"))
+        "return (x_t - b / (1 - ab).sqrt() * eps_pred) / (1 - b).sqrt() + b.sqrt() * z",
+        "x_t, t, eps_pred, z, betas, alpha_bars"))
     _submission(class_dir / "wrong_formulas", wrong, tiny)
     _submission(class_dir / "syntax_error", _with_cell(master, "q_sample", _def("q_sample", "return x0 +* noise", Q_ARGS)), tiny)
     for name, body, imports in (("infinite_loop", "while True:\n    pass", ""),

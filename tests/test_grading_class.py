@@ -391,8 +391,8 @@ def test_partial_credit_names_the_failed_kinds_of_case_and_no_hidden_value():
     modules = exercises.prepare(_master())
     modules["reverse_step"] = exercises.module_source("reverse_step", _def(  # forgets the t = 0 mask
         "reverse_step", "b = betas[t].reshape(-1, 1, 1, 1)\nab = alpha_bars[t].reshape(-1, 1, 1, 1)\n"
-        "return (x_t - b / (1 - ab).sqrt() * eps_pred) / (1 - b).sqrt() + b.sqrt() * noise",
-        "x_t, t, eps_pred, noise, betas, alpha_bars"))
+        "return (x_t - b / (1 - ab).sqrt() * eps_pred) / (1 - b).sqrt() + b.sqrt() * z",
+        "x_t, t, eps_pred, z, betas, alpha_bars"))
     part = exercises.grade_functions(modules, seed=settings.hidden_seed, time_limit=90, memory_mb=4096)
     (result,) = [r for r in part.results if r.name == "reverse_step"]
     assert result.fraction == pytest.approx(1 / 3) and part.score == pytest.approx((4 + 1 / 3) / 5)

@@ -98,7 +98,7 @@ def test_a_float32_schedule_steps_half_precision_images_to_finite_values():
     schedule = Schedule(linear_betas(1000))
     x = torch.randn(2, 3, 8, 8, dtype=torch.float16)
     t = torch.tensor([999, 0])
-    out = schedule.ddpm_step(x, t, torch.randn_like(x), noise=torch.randn_like(x))
+    out = schedule.ddpm_step(x, t, torch.randn_like(x), z=torch.randn_like(x))
     assert out.dtype == torch.float16 and torch.isfinite(out).all()
 
 
@@ -160,7 +160,7 @@ def test_q_sample_follows_dtype_device_and_rank(sched):
     for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
         x = torch.randn(2, 3, 4, 4).to(dtype)
         assert f32.q_sample(x, torch.tensor([1, 2]), x).dtype == dtype
-        assert f32.ddpm_step(x, torch.tensor([1, 2]), x, noise=x).dtype == dtype
+        assert f32.ddpm_step(x, torch.tensor([1, 2]), x, z=x).dtype == dtype
         assert f32.ddim_step(x, torch.tensor([5, 9]), 2, x).dtype == dtype
 
 
@@ -198,11 +198,11 @@ def test_ddpm_step_mean_and_variance(sched):
     xt, eps = torch.full((n,), 0.3, dtype=torch.float64), torch.full((n,), -1.2, dtype=torch.float64)
     alpha, beta, ab = sched.alphas[t].item(), sched.betas[t].item(), sched.alpha_bars[t].item()
     mean = (0.3 - beta / math.sqrt(1 - ab) * -1.2) / math.sqrt(alpha)
-    no_noise = sched.ddpm_step(xt[:3], full(t, 3), eps[:3], noise=torch.zeros(3, dtype=torch.float64))
+    no_noise = sched.ddpm_step(xt[:3], full(t, 3), eps[:3], z=torch.zeros(3, dtype=torch.float64))
     assert torch.allclose(no_noise, torch.full((3,), mean, dtype=torch.float64))
     for variance, expected in (("beta", beta), ("beta_tilde", sched.beta_tildes[t].item())):
         z = torch.randn(n, generator=gen, dtype=torch.float64)
-        out = sched.ddpm_step(xt, full(t, n), eps, noise=z, variance=variance)
+        out = sched.ddpm_step(xt, full(t, n), eps, z=z, variance=variance)
         assert abs(out.mean().item() - mean) < 5 * math.sqrt(expected / n)
         assert out.var().item() == pytest.approx(expected, rel=0.02)
 
@@ -210,8 +210,8 @@ def test_ddpm_step_mean_and_variance(sched):
 def test_ddpm_step_adds_no_noise_at_t0(sched):
     x, eps, z = (torch.randn(2, 3, dtype=torch.float64) for _ in range(3))
     t = torch.tensor([0, 5])
-    out = sched.ddpm_step(x, t, eps, noise=z)
-    clean = sched.ddpm_step(x, t, eps, noise=torch.zeros_like(z))
+    out = sched.ddpm_step(x, t, eps, z=z)
+    clean = sched.ddpm_step(x, t, eps, z=torch.zeros_like(z))
     assert torch.allclose(out[0], clean[0])
     assert not torch.allclose(out[1], clean[1])
     assert torch.allclose(out[1] - clean[1], sched.betas[5].sqrt() * z[1])
@@ -223,7 +223,7 @@ def test_ddpm_mean_with_true_noise_is_the_posterior_mean(sched):
     xt = sched.q_sample(x0, t, eps)
     mean, var = sched.posterior_mean_variance(x0, xt, t)
     z = torch.randn_like(x0)
-    out = sched.ddpm_step(xt, t, eps, noise=z, variance="beta_tilde")
+    out = sched.ddpm_step(xt, t, eps, z=z, variance="beta_tilde")
     assert torch.allclose(out, mean + var.sqrt() * z)
 
 
@@ -245,8 +245,8 @@ def test_ddim_eta1_full_grid_has_beta_tilde_variance(sched):
     for t in (1, 20, 99):
         tt = full(t, 5)
         xt = sched.q_sample(x0, tt, eps)
-        mean = sched.ddim_step(xt, tt, t - 1, eps, eta=1.0, noise=torch.zeros_like(xt))
-        unit = sched.ddim_step(xt, tt, t - 1, eps, eta=1.0, noise=torch.ones_like(xt)) - mean
+        mean = sched.ddim_step(xt, tt, t - 1, eps, eta=1.0, z=torch.zeros_like(xt))
+        unit = sched.ddim_step(xt, tt, t - 1, eps, eta=1.0, z=torch.ones_like(xt)) - mean
         assert torch.allclose(unit ** 2, sched.beta_tildes[t].expand(5, 1))
         post_mean, _ = sched.posterior_mean_variance(x0, xt, tt)
         assert torch.allclose(mean, post_mean)
@@ -313,9 +313,9 @@ def test_ddpm_step_with_adjusted_x0_is_the_posterior_mean_of_that_x0(sched, x0_m
     x0_hat = adjust_x0(sched.predict_x0(xt, tt, eps), x0_mode)
     assert not torch.allclose(x0_hat, sched.predict_x0(xt, tt, eps))  # the adjustment did something
     mean, var = sched.posterior_mean_variance(x0_hat, xt, tt)
-    out = sched.ddpm_step(xt, tt, eps, noise=z, variance="beta_tilde", x0_mode=x0_mode)
+    out = sched.ddpm_step(xt, tt, eps, z=z, variance="beta_tilde", x0_mode=x0_mode)
     assert torch.allclose(out, mean + var.sqrt() * z, atol=1e-10)
-    assert torch.equal(sched.ddpm_step(xt, tt, eps, noise=z), sched.ddpm_step(xt, tt, eps, noise=z, x0_mode="none"))
+    assert torch.equal(sched.ddpm_step(xt, tt, eps, z=z), sched.ddpm_step(xt, tt, eps, z=z, x0_mode="none"))
 
 
 def test_ddim_step_with_clipping_lands_inside_the_data_range_at_the_end(sched):

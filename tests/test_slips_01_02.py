@@ -305,7 +305,7 @@ def test_q_sample_right_answers(fn, capsys):
 
 # ---- 02 · ddpm_step ------------------------------------------------------------------------------
 
-def ddpm_step(schedule, x_t, t, eps, noise, variance="beta", slip=None):
+def ddpm_step(schedule, x_t, t, eps, z, variance="beta", slip=None):
     def col(v):
         return v[t].view(-1, 1, 1, 1)
 
@@ -328,10 +328,10 @@ def ddpm_step(schedule, x_t, t, eps, noise, variance="beta", slip=None):
     keep = {"noise at 0": torch.ones_like(t), "no noise": torch.zeros_like(t),
             "one-based": (t > 1)}.get(slip, t > 0).to(x_t.dtype).view(-1, 1, 1, 1)
     if slip == "mask everything":
-        return keep * (mean + sigma * noise)
+        return keep * (mean + sigma * z)
     if slip == "minus noise":
-        return mean - keep * sigma * noise
-    return mean + keep * sigma * noise
+        return mean - keep * sigma * z
+    return mean + keep * sigma * z
 
 
 @pytest.mark.parametrize("slip, hint", [
@@ -356,12 +356,12 @@ def test_ddpm_step_slip(slip, hint, capsys):
     assert_named(check_ddpm_step, lambda *a: ddpm_step(*a, slip=slip), hint, capsys)
 
 
-def ddpm_step_via_x0(schedule, x_t, t, eps, noise, variance="beta"):
+def ddpm_step_via_x0(schedule, x_t, t, eps, z, variance="beta"):
     """Right, through x̂0 and the posterior mean μ̃(x̂0, x_t) — the same number by another road."""
     x0 = schedule.predict_x0(x_t, t, eps)
     mean, _ = schedule.posterior_mean_variance(x0, x_t, t)
     var = (schedule.betas if variance == "beta" else schedule.beta_tildes)[t].view(-1, 1, 1, 1)
-    return mean + torch.where(t > 0, 1.0, 0.0).to(x_t.dtype).view(-1, 1, 1, 1) * var.sqrt() * noise
+    return mean + torch.where(t > 0, 1.0, 0.0).to(x_t.dtype).view(-1, 1, 1, 1) * var.sqrt() * z
 
 
 @pytest.mark.parametrize("fn", [ddpm_step, ddpm_step_via_x0])

@@ -262,7 +262,7 @@ def test_residual_block_right_answers(cls, capsys):
 SCHEDULE = Schedule(scaled_linear_betas(50))
 
 
-def ddim_step(x_t, t, t_prev, eps_pred, eta=0.0, noise=None, slip=None):
+def ddim_step(x_t, t, t_prev, eps_pred, eta=0.0, z=None, slip=None):
     alpha_bars = SCHEDULE.alpha_bars
     ab = alpha_bars[t].view(-1, 1, 1, 1)
     if slip == "alpha_bars[-1]":
@@ -282,7 +282,7 @@ def ddim_step(x_t, t, t_prev, eps_pred, eta=0.0, noise=None, slip=None):
     x0_coefficient = ab_prev if slip == "unrooted prev" else ab_prev.sqrt()
     x_prev = x0_coefficient * x0 + eps_var.clamp(min=0).sqrt() * eps_pred
     if eta > 0 and slip != "no noise":
-        x_prev = x_prev + (sigma ** 2 if slip == "sigma squared noise" else sigma) * noise
+        x_prev = x_prev + (sigma ** 2 if slip == "sigma squared noise" else sigma) * z
     return x_prev
 
 
@@ -308,14 +308,14 @@ def test_ddim_step_slip(slip, hint, capsys):
     assert_named(lambda fn: check_ddim_step(fn, SCHEDULE), lambda *a: ddim_step(*a, slip=slip), hint, capsys)
 
 
-def ddim_step_via_package(x_t, t, t_prev, eps_pred, eta=0.0, noise=None):
+def ddim_step_via_package(x_t, t, t_prev, eps_pred, eta=0.0, z=None):
     """Right, through the package's x̂0 and a per-sample t_prev."""
     x0 = SCHEDULE.predict_x0(x_t, t, eps_pred)
     ab_prev = torch.cat([torch.ones(1), SCHEDULE.alpha_bars])[t_prev + 1]
     ab = SCHEDULE.alpha_bars[t].view(-1, 1, 1, 1)
     sigma = eta * torch.sqrt((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev))
     out = ab_prev.sqrt() * x0 + torch.sqrt(1 - ab_prev - sigma ** 2) * eps_pred
-    return out + sigma * noise if eta > 0 else out
+    return out + sigma * z if eta > 0 else out
 
 
 @pytest.mark.parametrize("fn", [ddim_step, ddim_step_via_package, SCHEDULE.ddim_step])

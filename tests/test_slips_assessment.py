@@ -102,9 +102,9 @@ def test_assessment_q_sample_right_answer(capsys):
     assert_passes(check_q_sample_from_alpha_bars, q_sample, capsys)
 
 
-# ---- reverse_step(x_t, t, eps_pred, noise, betas, alpha_bars) -------------------------------------
+# ---- reverse_step(x_t, t, eps_pred, z, betas, alpha_bars) -----------------------------------------
 
-def reverse_step(x_t, t, eps_pred, noise, betas, alpha_bars, slip=None):
+def reverse_step(x_t, t, eps_pred, z, betas, alpha_bars, slip=None):
     def col(v):
         return v[t].reshape(-1, 1, 1, 1).to(x_t.dtype)
 
@@ -119,7 +119,7 @@ def reverse_step(x_t, t, eps_pred, noise, betas, alpha_bars, slip=None):
         sigma = ((1 - prev) / (1 - ab) * beta).sqrt()
     if slip == "no noise":
         return mean
-    return mean + keep * sigma * noise
+    return mean + keep * sigma * z
 
 
 @pytest.mark.parametrize("slip, hint", [

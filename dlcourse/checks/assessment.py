@@ -109,8 +109,8 @@ def check_q_sample_from_alpha_bars(fn: Callable) -> CheckResult:
 
 
 def check_reverse_step(fn: Callable) -> CheckResult:
-    """``fn(x_t, t, eps_pred, noise, betas, alpha_bars) -> x_(t−1)``: the DDPM step with σ_t² = β_t,
-    no noise at t = 0 (the assessment's reverse_step); t = 0, 1 and T − 1 among the steps."""
+    """``fn(x_t, t, eps_pred, z, betas, alpha_bars) -> x_(t−1)``: the DDPM step with σ_t² = β_t and
+    fresh noise z, none added at t = 0 (the assessment's reverse_step); t = 0, 1 and T − 1 among the steps."""
     if not callable(fn):
         raise fail("fn", "your reverse_step function", describe(fn))
     g = torch.Generator().manual_seed(2)
@@ -120,8 +120,8 @@ def check_reverse_step(fn: Callable) -> CheckResult:
         x_t, eps, z = (torch.randn(n, 3, size, size, generator=g, dtype=schedule.dtype) for _ in range(3))
         inputs.append((x_t, t, eps, z, schedule.betas, schedule.alpha_bars))
 
-    def reference(x_t, t, eps_pred, noise, betas, alpha_bars):
-        return _schedule_of(betas).to(x_t.device).ddpm_step(x_t, t, eps_pred, noise=noise)
+    def reference(x_t, t, eps_pred, z, betas, alpha_bars):
+        return _schedule_of(betas).to(x_t.device).ddpm_step(x_t, t, eps_pred, z=z)
 
     def slips(args):
         x_t, t, eps, z, betas, _ = args

@@ -99,10 +99,10 @@ def ddpm_step_slips(schedule: Schedule, x_t, t, eps, z, variance: str) -> list[S
 
 
 def check_ddpm_step(fn: Callable) -> CheckResult:
-    """``fn(schedule, x_t, t, eps_pred, noise, variance="beta") -> x_{t−1}``:
+    """``fn(schedule, x_t, t, eps_pred, z, variance="beta") -> x_{t−1}``:
 
     x_{t−1} = 1/√α_t·(x_t − β_t/√(1 − ᾱ_t)·ε_θ) + σ_t z, σ_t² = β_t ("beta") or β̃_t
-    ("beta_tilde"), and no noise where t == 0. The signature of :meth:`Schedule.ddpm_step`
+    ("beta_tilde"), z the fresh noise, and no noise where t == 0. The signature of :meth:`Schedule.ddpm_step`
     with the schedule as first argument; the check runs it on two schedules (float32, float64),
     with t = 0, 1 and T − 1 among the steps.
     """
@@ -118,8 +118,8 @@ def check_ddpm_step(fn: Callable) -> CheckResult:
         x_t, eps, z = (torch.randn(n, c, size, size, generator=gen, dtype=schedule.dtype) for _ in range(3))
         inputs.append((schedule, x_t, t, eps, z, variance))
 
-    def reference(schedule, x_t, t, eps_pred, noise, variance):
-        return schedule.ddpm_step(x_t, t, eps_pred, noise=noise, variance=variance)
+    def reference(schedule, x_t, t, eps_pred, z, variance):
+        return schedule.ddpm_step(x_t, t, eps_pred, z=z, variance=variance)
 
     def diagnose(student_out, reference_out, args):
         return _shape_hint(student_out)
@@ -195,7 +195,7 @@ def _ddim_hint(student_out, reference_out, args) -> str | None:
 
 
 def check_ddim_step(fn: Callable, schedule: Schedule) -> CheckResult:
-    """``fn(x_t, t, t_prev, eps_pred, eta=0.0, noise=None) -> x_prev`` for ``schedule`` (lesson 03):
+    """``fn(x_t, t, t_prev, eps_pred, eta=0.0, z=None) -> x_prev`` for ``schedule`` (lesson 03):
 
     x̂0 = (x_t − √(1 − ᾱ_t)·ε)/√ᾱ_t, x_prev = √ᾱ_prev·x̂0 + √(1 − ᾱ_prev − σ²)·ε + σ·z,
     σ = η·√((1 − ᾱ_prev)/(1 − ᾱ_t))·√(1 − ᾱ_t/ᾱ_prev), ᾱ_prev = 1 at t_prev = −1; compared with

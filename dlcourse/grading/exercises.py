@@ -218,7 +218,7 @@ def hidden_inputs(seed: int) -> dict[str, dict]:
         "q_sample": {"x0": x, "t": t, "noise": torch.randn(x.shape, generator=g, dtype=torch.float64),
                      "alpha_bars": alpha_bars},
         "reverse_step": {"x_t": x, "t": t, "eps_pred": torch.randn(x.shape, generator=g, dtype=torch.float64),
-                         "noise": torch.randn(x.shape, generator=g, dtype=torch.float64), "betas": betas,
+                         "z": torch.randn(x.shape, generator=g, dtype=torch.float64), "betas": betas,
                          "alpha_bars": alpha_bars},
         "drop_context": {"c": many, "drop_prob": 0.1 + 0.2 * (seed % 3) / 2, "seed": _derived_seed(seed)},
         "guided_eps": {"x_t": x.float(), "t": t, "c": c.float(), "w": 1.5 + seed % 4},
@@ -265,7 +265,7 @@ def reference(name: str, inputs: dict) -> dict[str, np.ndarray]:
         return {"out": Schedule(1 - alphas, dtype=torch.float64).q_sample(x["x0"], x["t"], x["noise"]).numpy()}
     if name == "reverse_step":
         schedule = Schedule(x["betas"], dtype=torch.float64)
-        return {"out": schedule.ddpm_step(x["x_t"], x["t"], x["eps_pred"], x["noise"]).numpy()}
+        return {"out": schedule.ddpm_step(x["x_t"], x["t"], x["eps_pred"], x["z"]).numpy()}
     if name == "guided_eps":
         return {"out": guided_eps_fn(probe_model, inputs["c"], x["w"])(inputs["x_t"], inputs["t"]).numpy()}
     return {}
