@@ -324,6 +324,31 @@ def manifest_path(out: Path) -> Path:
     return out.with_name(out.name + ".json")
 
 
+def _add_stopped_rows(rows: dict[str, dict], journal: Path) -> None:
+    """An ``error`` row for every student a grader that stopped was grading (the journal), unless already graded."""
+    stopped = set(json.loads(journal.read_text(encoding="utf-8"))) if journal.is_file() else set()
+    for key in stopped - set(rows):
+        rows[key] = {"id": key, "status": "error", "functions": 0.0, "model": 0.0, "total": 0.0,
+                     "reason": "the grader stopped while grading this submission; regrade it with --force --only ID"}
+
+
+def _write_manifest(out: Path, settings: Settings, shard: tuple[int, int] | None, folders: list[Path]) -> None:
+    """What ``gradebook merge`` checks: the settings' fingerprint, the shard and every id it holds."""
+    manifest = {"settings": settings.fingerprint(), "shard": list(shard or (1, 1)),
+                "ids": [student_id(p) for p in folders]}
+    write_atomically(manifest_path(out), lambda temp: Path(temp).write_text(json.dumps(manifest), encoding="utf-8"))
+
+
+def _check_submission_times(settings: Settings, todo: list[Path], submitted_at: dict[str, datetime] | None) -> None:
+    """With a deadline in the settings, every student to grade needs a submission time."""
+    if settings.deadline is None:
+        return
+    missing = sorted(student_id(p) for p in todo if student_id(p) not in (submitted_at or {}))
+    if missing:
+        raise ValueError(f"the settings have a deadline but --submitted-at gives no time for {len(missing)} "
+                         f"student(s) ({', '.join(map(repr, missing[:5]))})")
+
+
 def grade_class(submissions: str | os.PathLike, out: str | os.PathLike, *, settings: Settings, workers: int = 1,
                 force: bool = False, only: list[str] | None = None, progress: bool = True,
                 shard: tuple[int, int] | None = None, isolated: bool = True,
@@ -341,25 +366,15 @@ def grade_class(submissions: str | os.PathLike, out: str | os.PathLike, *, setti
     if isolated and sandbox.unavailable_reason() is not None:
         raise ValueError(f"no sandbox for student code: {sandbox.unavailable_reason()}. Install it, or grade "
                          "inside a container with --unsafe-no-sandbox (see assessments/README.md)")
-    reports_dir = out.parent / "reports"
+    reports_dir, journal = out.parent / "reports", _journal_path(out)
     rows = report.read_gradebook(out)
+    _add_stopped_rows(rows, journal)
     folders = shard_of(class_folders(class_dir), shard)
-    journal = _journal_path(out)
-    stopped = set(json.loads(journal.read_text(encoding="utf-8"))) if journal.is_file() else set()
-    for key in stopped - set(rows):
-        rows[key] = {"id": key, "status": "error", "functions": 0.0, "model": 0.0, "total": 0.0,
-                     "reason": "the grader stopped while grading this submission; regrade it with --force --only ID"}
+    _write_manifest(out, settings, shard, folders)
     if only:
         folders = [p for p in folders if student_id(p) in only]
     todo = folders if force else [p for p in folders if student_id(p) not in rows]
-    manifest = {"settings": settings.fingerprint(), "shard": list(shard or (1, 1)),
-                "ids": [student_id(p) for p in shard_of(class_folders(class_dir), shard)]}
-    write_atomically(manifest_path(out), lambda temp: Path(temp).write_text(json.dumps(manifest), encoding="utf-8"))
-    if settings.deadline is not None:
-        missing = sorted(student_id(p) for p in todo if student_id(p) not in (submitted_at or {}))
-        if missing:
-            raise ValueError(f"the settings have a deadline but --submitted-at gives no time for {len(missing)} "
-                             f"student(s) ({', '.join(map(repr, missing[:5]))})")
+    _check_submission_times(settings, todo, submitted_at)
     grader = Grader(settings, isolated, submitted_at)
     counts = {s: 0 for s in report.STATUSES}
     lock = threading.Lock()
