@@ -400,3 +400,12 @@ def test_partial_credit_names_the_failed_kinds_of_case_and_no_hidden_value():
     assert all(kind in result.message for kind in ("a float64 batch with t = 0", "a float32 batch with t = 0"))
     inputs = exercises.hidden_cases(settings.hidden_seed)["reverse_step"][0]
     assert not any(f"{v:.4f}"[:6] in result.message for v in inputs["x_t"].flatten()[:20].tolist())
+
+
+def test_the_progress_bar_names_each_workers_student_and_the_counts(tmp_path, capsys):
+    for name in ("ann", "ben"):  # no notebook: each is graded invalid at once
+        (tmp_path / "class" / name).mkdir(parents=True)
+    grade_class(tmp_path / "class", tmp_path / "out" / "g.csv", settings=_settings(), workers=2, progress=True)
+    bar = capsys.readouterr().err
+    assert "grading (2 workers)" in bar and "now: " in bar and "invalid=2" in bar
+    assert "ann" in bar and "ben" in bar

@@ -379,12 +379,18 @@ def grade_class(submissions: str | os.PathLike, out: str | os.PathLike, *, setti
     counts = {s: 0 for s in report.STATUSES}
     lock = threading.Lock()
     busy: set[str] = set()
-    bar = tqdm(total=len(todo), desc="grading", unit="submission", disable=not progress)
+    bar = tqdm(total=len(todo), desc=f"grading ({workers} worker{'s' if workers > 1 else ''})", unit="submission",
+               disable=not progress)
+
+    def show() -> None:  # the bar's ETA is the class's; the postfix says what each worker grades now
+        now = ", ".join(sorted(busy)[:workers])
+        bar.set_postfix_str(" ".join([*(f"{k}={v}" for k, v in counts.items() if v), f"now: {now[:80]}"]))
 
     def grade(folder: Path) -> dict:
         with lock:
             busy.add(student_id(folder))
             _write_journal(journal, busy)
+            show()
         return grader.grade(folder, class_dir, reports_dir)
 
     def finish(row: dict) -> None:
@@ -394,7 +400,7 @@ def grade_class(submissions: str | os.PathLike, out: str | os.PathLike, *, setti
             counts[row["status"]] += 1
             report.write_gradebook(out, rows)
             _write_journal(journal, busy)
-            bar.set_postfix({k: v for k, v in counts.items() if v})
+            show()
             bar.update(1)
 
     if workers > 1:
