@@ -18,7 +18,7 @@ import torch
 
 from dlcourse.grading import grade_class, grader, load_settings, model as model_part, report, sandbox
 from dlcourse.grading.assessment import ANSWERS_FILE, NOTEBOOK_FILE
-from dlcourse.models import ConditionalUNet, save_model
+from dlcourse.models import ConditionalUNet
 from test_grading import CPU_SETTINGS, Q_ARGS, REFERENCE, REFERENCE_W, _def, _master, _submission, _tiny_model, \
     _with_cell
 from test_grading_hostile import HOSTILE_ONLY, WATCHED, _sandbox_uid_processes, _state

@@ -204,8 +204,8 @@ class _Training:
 
 # --------------------------------------------------------------------------- samplers
 
-def _ours(sampler: str):
-    from ..sampling import ddim_sample, dpm_solver_pp_2m_sample
+def _ours(sampler):
+    """One of the course's sampling loops (``dlcourse.sampling``), run on the row's schedule and prediction."""
 
     def sample(model, training: _Training, shape, generator):
         return sampler(lambda x, t: model(x, t), training.schedule, shape, steps=SAMPLING_STEPS, generator=generator,
@@ -274,7 +274,7 @@ def run_study(rows: list[Row], sizes, *, cpu_seconds: float, n_samples: int, sli
     from tqdm.auto import tqdm
 
     from ..data import load_flowers
-    from ..metrics import frechet_distance, load_evaluator
+    from ..metrics import load_evaluator
 
     train = load_flowers("train", image_size=sizes.image_size, n=sizes.n_images, progress=False).images
     test = load_flowers("test", image_size=sizes.image_size, progress=False).images
