@@ -33,6 +33,18 @@ def test_load_is_cached(evaluator):
     assert metrics.load_evaluator("cpu") is evaluator
 
 
+def test_judges_both_course_resolutions(evaluator):
+    """Trained on 32- and 16-px flowers (issue 19: real 16-px test images at ≥ 97 %), and it says so."""
+    config = json.loads(metrics.CONFIG_FILE.read_text())
+    assert config["data"]["train"]["sizes"] == [32, 16]
+    by_size = config["test_accuracy"]["by_size"]
+    assert by_size["16"]["class"] >= 0.97 and by_size["32"]["class"] >= 0.98
+    floors = config["reference"]["fid_floor_by_size"]
+    assert set(floors) == {"32", "16"} and all(0 < floors[s]["500"] < floors[s]["100"] for s in floors)
+    small = load_flowers("test", image_size=16, n=300, seed=123)  # a seed the evaluator never saw
+    assert metrics.class_accuracy(small.images, small.labels, evaluator) >= 0.97
+
+
 def test_classifies_a_fresh_sample(evaluator, fresh):
     assert metrics.class_accuracy(fresh.images, fresh.labels, evaluator) >= 0.97
     colours = [a["petal_colour"] for a in fresh.attributes]
