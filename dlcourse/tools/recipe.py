@@ -90,6 +90,10 @@ ROWS: list[Row] = [
     Row("cumulative", "v-prediction + min-SNR-5 + cosine schedule + warm-up/cosine lr", CUMULATIVE),
     Row("cumulative, batch ×0.5", "the cumulative row with half the budget's batch",
         replace(CUMULATIVE, batch_scale=0.5)),
+    Row("cosine, batch ×0.5", "ε kept (lessons 02, 04, 05 teach it): cosine betas with half the budget's batch",
+        replace(BASELINE, schedule="cosine", batch_scale=0.5)),
+    Row("v + cosine, batch ×0.5", "v-prediction and cosine betas with half the budget's batch",
+        replace(BASELINE, prediction="v", schedule="cosine", batch_scale=0.5)),
     Row("diffusers peer", "UNet2DModel, DDPMScheduler (cosine), ε, AdamW lr 1e-4",
         Recipe(schedule="diffusers cosine", lr=1e-4, network="peer"),
         samplers=("DDPMScheduler-T", f"DDPMScheduler-{SAMPLING_STEPS}", f"DDIMScheduler-{SAMPLING_STEPS}"),
@@ -403,7 +407,7 @@ def format_markdown(info: dict) -> str:
 
 @reports_errors("dlcourse recipe")
 def main(argv: list[str] | None = None) -> int:
-    """``dlcourse recipe [--cpu-seconds S] [--samples N] [--rows TEXT] [--budget B] [--out FILE.md] [--json FILE]``."""
+    """``dlcourse recipe [--cpu-seconds S] [--samples N] [--rows TEXT]... [--budget B] [--out FILE.md] [--json FILE]``."""
     from .. import budget
     from ..models import count_parameters
     from .results import machine
@@ -412,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-seconds", type=float, default=120.0, help="training CPU seconds per row (default 120)")
     parser.add_argument("--samples", type=int, default=500, help="samples per line for FID (default 500)")
     parser.add_argument("--slices", type=int, default=12, help="interleaved training turns per row (default 12)")
-    parser.add_argument("--rows", default=None, help="only rows whose name contains this text")
+    parser.add_argument("--rows", action="append", default=None,
+                        help="only rows whose name contains this text (repeat for several)")
     parser.add_argument("--budget", default=None, help="sizes of this budget (default: the one in force)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--out", default=None, help="Markdown page to write (its grids go in a folder beside it)")
@@ -424,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     n_samples = check_positive_int(args.samples, "--samples")
     if n_samples < 2:
         raise fail("--samples", "at least 2 (FID needs two samples)", n_samples)
-    rows = [r for r in ROWS if args.rows is None or args.rows in r.name]
+    rows = [r for r in ROWS if args.rows is None or any(text in r.name for text in args.rows)]
     if not rows:
         raise fail("--rows", f"text found in a row name (rows: {[r.name for r in ROWS]})", repr(args.rows))
     json_out = benchmark._check_out(args.json)
