@@ -11,3 +11,4 @@ from .guidance import *  # noqa: F401,F403
 from .clip import *  # noqa: F401,F403
 from .assessment import *  # noqa: F401,F403
 from .attention import *  # noqa: F401,F403
+from .recipe import *  # noqa: F401,F403
