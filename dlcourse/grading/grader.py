@@ -170,15 +170,17 @@ class Grader:
         self.settings = settings
         self.isolated = isolated
         self.times = times or {}
-        self._data: model_part.ScoringData | None = None
+        self._data: dict[int, model_part.ScoringData] = {}  # per image side
         self._function_cache: dict[str, exercises.FunctionPart] = {}
         self._lock = threading.Lock()
 
-    def data(self) -> model_part.ScoringData:
+    def data(self, image_size: int) -> model_part.ScoringData:
+        """The scoring data at ``image_size`` px, computed on first use and shared by every submission."""
         with self._lock:
-            if self._data is None:
-                self._data = model_part.scoring_data(self.settings.n_train_features, self.settings.n_test)
-            return self._data
+            if image_size not in self._data:
+                self._data[image_size] = model_part.scoring_data(self.settings.n_train_features, self.settings.n_test,
+                                                                 image_size)
+            return self._data[image_size]
 
     def _functions(self, modules) -> exercises.FunctionPart:
         s = self.settings
@@ -262,7 +264,8 @@ class Grader:
             return
         try:
             score = model_part.score_model(network, w, n_per_pair=s.n_per_pair, steps=s.sampling_steps,
-                                           seed=s.sampling_seed, data=self.data(), copy_threshold=s.copy_threshold,
+                                           seed=s.sampling_seed, data=self.data(network.config["image_size"]),
+                                           copy_threshold=s.copy_threshold,
                                            device=s.device, time_limit=s.model_time_limit_s)
         except (model_part.SamplingTimeout, model_part.UnscorableSamples) as error:
             timeout = isinstance(error, model_part.SamplingTimeout)

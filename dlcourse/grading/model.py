@@ -96,11 +96,12 @@ class ScoringData:
     test_images: torch.Tensor
 
 
-def scoring_data(n_train: int, n_test: int) -> ScoringData:
-    """Features of the first ``n_train`` training flowers (near-copy check) and ``n_test`` test flowers (FID)."""
+def scoring_data(n_train: int, n_test: int, image_size: int = 32) -> ScoringData:
+    """Features of the first ``n_train`` training flowers (near-copy check) and ``n_test`` test flowers (FID),
+    drawn at ``image_size`` px: samples are compared with real images of their own size."""
     evaluator = load_evaluator()
-    train = load_flowers("train", image_size=32, n=n_train, progress=False).images
-    test = load_flowers("test", image_size=32, n=n_test, progress=False).images
+    train = load_flowers("train", image_size=image_size, n=n_train, progress=False).images
+    test = load_flowers("test", image_size=image_size, n=n_test, progress=False).images
     return ScoringData(evaluator.features(train), test)
 
 
