@@ -162,7 +162,8 @@ class Tokenizer:
 class TinyCLIP(nn.Module):
     """f(x): conv stages (3×3 conv → GroupNorm → GELU, ×2, then 2× average pool) → global mean →
     linear; g(y): token + position embeddings → Transformer encoder → mean over the words → linear.
-    Both end L2-normalised in R^embed_dim; ``logit_scale`` is log s, initialised to log(1/0.07)."""
+    Both end L2-normalised in R^embed_dim; ``logit_scale`` is log s, initialised to log(1/0.07).
+    :meth:`token_features` keeps one vector per token instead of the mean (lesson 06's cross-attention)."""
 
     def __init__(self, vocab: list, embed_dim: int = 64, image_size: int = 32, widths=(32, 64, 128),
                  text_width: int = 64, text_layers: int = 2, heads: int = 4, context_length: int = 16):
@@ -171,6 +172,7 @@ class TinyCLIP(nn.Module):
         self.embed_dim = check_positive_int(embed_dim, "embed_dim")
         self.image_size = check_positive_int(image_size, "image_size")
         self.context_length = check_positive_int(context_length, "context_length")
+        self.text_width = check_positive_int(text_width, "text_width")
         layers, in_ch = [], 3
         for i, width in enumerate(widths):
             if i > 0:
@@ -206,8 +208,8 @@ class TinyCLIP(nn.Module):
                               align_corners=False)
         return self.image_proj(self.image_body(x).mean(dim=(2, 3)))
 
-    def text_features(self, token_ids: torch.Tensor) -> torch.Tensor:
-        """Unnormalised g(y) (N, embed_dim) from ids (N, context_length) (0 = padding, ignored)."""
+    def _text_body(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Transformer's outputs h (N, L, text_width) and keep = ids != 0 (N, L) bool, from ids (N, L)."""
         if (not isinstance(token_ids, torch.Tensor) or token_ids.dtype != torch.long
                 or token_ids.dim() != 2 or token_ids.shape[1] != self.context_length):
             raise fail("token_ids", f"a long tensor (N, context_length = {self.context_length}) from "
@@ -215,10 +217,27 @@ class TinyCLIP(nn.Module):
         ids = token_ids.to(self.device)
         keep = (ids != 0)
         h = self.token_embedding(ids) + self.position_embedding
-        h = self.text_body(h, src_key_padding_mask=~keep)
+        return self.text_body(h, src_key_padding_mask=~keep), keep
+
+    def text_features(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Unnormalised g(y) (N, embed_dim) from ids (N, context_length) (0 = padding, ignored)."""
+        h, keep = self._text_body(token_ids)
         weights = keep.float()[:, :, None]
         pooled = (h * weights).sum(1) / weights.sum(1).clamp(min=1)
         return self.text_proj(self.text_norm(pooled))
+
+    def token_features(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-token features for cross-attention: (y (N, L, text_width), mask (N, L) bool).
+
+        y_i = LayerNorm(h_i) · m_i for each token's Transformer output h_i (the encoder's ``text_norm``,
+        applied per token as CLIP applies its final norm before picking a token), m_i = [id_i ≠ 0]:
+        True for a word, False for padding, whose rows are zero. Position i is the i-th word of the prompt."""
+        h, keep = self._text_body(token_ids)
+        return self.text_norm(h) * keep[:, :, None], keep
+
+    def encode_tokens(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`token_features` of ``texts``: (y (N, context_length, text_width), mask (N, context_length))."""
+        return self.token_features(self.tokenize(texts))
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Ids for ``texts``; warns (UserWarning) naming the words that become ``<unk>``."""

@@ -209,6 +209,46 @@ class CLIPBudget(Budget):
 
 
 @dataclass(frozen=True)
+class LatentBudget(Budget):
+    """Lesson 06: a VAE at 32×32, latent against pixel diffusion, TinyCLIP's tokens through cross-attention."""
+
+    # None: `dlcourse doctor` times pixel-space set-ups on one context vector; this lesson's models (VAE,
+    # TextUNet on latents) are not among them, so it predicts no time for lesson 06
+    model: ClassVar[str | None] = None
+    n_images: int = per_budget(10_000, 5_000, 256, "training images")
+    n_test: int = per_budget(2_000, 1_000, 100, "test images (FID, reconstruction error, editing)")
+    image_size: int = per_budget(32, 32, 32, "image side in pixels")
+    vae_channels: tuple[int, ...] = per_budget((64, 128), (16, 32), (8, 16), "VAE widths, one per ×½ level")
+    latent_channels: int = same(8, "latent channels c of the 8×8×c latent (c = 4 measured 2 points lower on the "
+                                   "evaluator's accuracy on reconstructions, 93.8 % against 96.0 %)")
+    vae_beta: float = same(1e-6, "weight β of the KL term in the VAE loss (1e-4 measured: σ ≈ 0.7, blurred decodes)")
+    vae_steps: int = per_budget(6_000, 1_500, 10, "the VAE's optimizer steps")
+    vae_batch_size: int = per_budget(128, 32, 16, "the VAE's images per step")
+    clip_embed_dim: int = per_budget(64, 64, 32, "TinyCLIP's embedding size D")
+    clip_text_width: int = per_budget(64, 64, 32, "TinyCLIP's token width: the context_dim of the cross-attention")
+    clip_steps: int = per_budget(3_000, 600, 20, "TinyCLIP's optimizer steps")
+    clip_batch_size: int = per_budget(256, 128, 64, "TinyCLIP's batch")
+    channels: tuple[int, ...] = per_budget((128, 256), (32, 64), (16, 32), "latent U-Net widths, one per resolution")
+    pixel_channels: tuple[int, ...] = per_budget((64, 128, 256), (32, 64), (8, 16), "the pixel-space U-Net's widths")
+    attention_heads: int = per_budget(4, 4, 2, "heads of the self- and cross-attention blocks")
+    T: int = per_budget(1000, 200, 50, "diffusion steps")
+    attention_steps: int = per_budget(2_000, 400, 10, "optimizer steps of each model of the with/without attention test")
+    train_steps: int = per_budget(10_000, 2_500, 20, "optimizer steps of each latent diffusion model")
+    batch_size: int = per_budget(128, 64, 16, "diffusion images (latents) per step")
+    lr: float = per_budget(1e-3, 2e-3, 2e-3, "peak learning rate of the diffusion models")
+    drop_prob: float = same(0.1, "probability of dropping a sample's whole prompt (or class)")
+    sampling_steps: int = per_budget(50, 25, 4, "DDIM steps")
+    n_samples: int = per_budget(1_000, 200, 10, "samples per model in the latent-vs-pixel comparison")
+    n_per_prompt: int = per_budget(100, 40, 4, "samples per prompt in the seen / held-out measurement")
+    n_edit: int = per_budget(64, 32, 4, "images per editing measurement")
+
+    @property
+    def context_dim(self) -> int:
+        """y = TinyCLIP's per-token features: text_width entries per token."""
+        return self.clip_text_width
+
+
+@dataclass(frozen=True)
 class AssessmentBudget(Budget):
     """The assessment (assessments/assessment.ipynb): a ConditionalUNet on class + petal colour, and its grader."""
 
@@ -243,6 +283,7 @@ LESSONS: dict[str, type[Budget]] = {
     "03_optimizations": OptimisationsBudget,
     "04_classifier_free_guidance": GuidanceBudget,
     "05_clip_conditioning": CLIPBudget,
+    "06_latent_diffusion": LatentBudget,
     "assessment": AssessmentBudget,
 }
 

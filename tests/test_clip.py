@@ -56,6 +56,26 @@ def test_tiny_clip_embeddings_are_normalised_and_shaped():
     assert torch.allclose(clip.encode_text(["a rose"]), clip.encode_text(["a rose"]), atol=0)
 
 
+def test_tiny_clip_token_features_keep_one_normalised_vector_per_word_and_zero_the_padding():
+    torch.manual_seed(0)
+    clip = TinyCLIP(VOCAB, embed_dim=8, image_size=8, widths=(4,), text_width=16, heads=2, context_length=6).eval()
+    texts = ["a red rose", "a white tulip on grass"]
+    ids = clip.tokenize(texts)
+    y, mask = clip.token_features(ids)
+    assert y.shape == (2, 6, 16) and clip.text_width == 16
+    assert mask.dtype == torch.bool and torch.equal(mask, ids != 0) and mask.sum(1).tolist() == [3, 5]
+    assert (y[~mask] == 0).all()
+    words = y[mask]  # the encoder's LayerNorm at its initial weight 1 and bias 0: mean 0, variance 1 per word
+    assert torch.allclose(words.mean(1), torch.zeros(len(words)), atol=1e-5)
+    assert torch.allclose(words.var(1, unbiased=False), torch.ones(len(words)), atol=1e-3)
+    alone, alone_mask = clip.encode_tokens(texts[:1])  # a prompt's features do not depend on the batch
+    assert torch.allclose(alone, y[:1], atol=1e-6) and torch.equal(alone_mask, mask[:1])
+    other, _ = clip.encode_tokens(["a white rose"])  # the Transformer mixes words: "rose" reads "white"
+    assert not torch.allclose(other[0, 2], y[0, 2], atol=1e-4)
+    with pytest.raises(ValueError, match="token_ids: expected a long tensor"):
+        clip.token_features(ids.float())
+
+
 def test_tokenizer_round_trip_unknown_words_and_length():
     tok = Tokenizer.from_texts(["a red rose", "A white tulip on grass."])
     assert tok.vocab == VOCAB[:2] + sorted(VOCAB[2:])

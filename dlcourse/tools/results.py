@@ -28,7 +28,8 @@ __all__ = ["TAG", "MAX_PNG_BYTES", "LESSONS", "machine", "run_notebook", "harves
 
 TAG = "results"
 MAX_PNG_BYTES = 200_000
-LESSONS = ("01_unet_denoiser", "02_ddpm", "03_optimizations", "04_classifier_free_guidance", "05_clip_conditioning")
+LESSONS = ("01_unet_denoiser", "02_ddpm", "03_optimizations", "04_classifier_free_guidance", "05_clip_conditioning",
+           "06_latent_diffusion")
 ROOT = Path(__file__).resolve().parents[2]
 
 
