@@ -150,3 +150,54 @@ def test_lesson_05_full_size(train32):
         x = ddim_sample(prompt_guided_eps_fn(lambda *a: model(*a).float(), c, 3.0), schedule,
                         (4, 3, b.image_size, b.image_size), steps=2, device="cpu", progress=False)
     assert x.shape == (4, 3, b.image_size, b.image_size) and torch.isfinite(x).all()
+
+
+def test_lesson_06_full_size(train32):
+    """The VAE at its full widths and batch, the latents it makes, the cross-attention TextUNet on TinyCLIP's
+    token features and the pixel-space ConditionalUNet: two steps each; two guided latent sampling steps, decoded."""
+    from dlcourse.clip import TinyCLIP, Tokenizer, prompt_guided_eps_fn
+    from dlcourse.models import VAE, TextUNet, latent_scale, vae_loss
+
+    b = budget("06_latent_diffusion", "full")
+    _check_common(b, len(train32.images[: b.n_images]))
+    assert max(b.vae_batch_size, b.batch_size, b.clip_batch_size) <= b.n_images
+    vae = VAE(latent_channels=b.latent_channels, channels=b.vae_channels, image_size=b.image_size)
+    _two_steps(vae, lambda m, x0: vae_loss(m, x0, b.vae_beta), train32.images[: 2 * b.vae_batch_size], b.vae_batch_size)
+    with torch.no_grad():
+        mu, _ = vae.eval().encode(train32.images[: 2 * b.batch_size])
+    latents = latent_scale(mu) * mu
+    assert latents.shape == (2 * b.batch_size, *vae.latent_shape)
+    captions = train32.captions[: 2 * b.batch_size]
+    clip = TinyCLIP(Tokenizer.from_texts(captions).vocab, embed_dim=b.clip_embed_dim, image_size=16,
+                    text_width=b.clip_text_width).eval()
+    with torch.no_grad():
+        y, _ = clip.encode_tokens(captions)
+    schedule = Schedule(scaled_linear_betas(b.T))
+    model = TextUNet(image_channels=b.latent_channels, channels=b.channels, image_size=8, T=b.T,
+                     context_dim=b.context_dim, heads=b.attention_heads, cross_attention_levels=2,
+                     attention_heads=b.attention_heads)
+
+    def text_loss(m, z0):
+        n = len(z0)
+        t = torch.randint(0, b.T, (n,))
+        noise = torch.randn_like(z0)
+        return F.mse_loss(m(schedule.q_sample(z0, t, noise), t, y[:n], context_mask(n, b.drop_prob)).float(), noise)
+
+    _two_steps(model, text_loss, latents, b.batch_size)
+    pixel = ConditionalUNet(channels=b.pixel_channels, image_size=b.image_size, T=b.T, context_dim=5)
+
+    def pixel_loss(m, x0):
+        n = len(x0)
+        t = torch.randint(0, b.T, (n,))
+        noise = torch.randn_like(x0)
+        c = one_hot(torch.arange(n) % 5, 5)
+        return F.mse_loss(m(schedule.q_sample(x0, t, noise), t, c, context_mask(n, b.drop_prob)).float(), noise)
+
+    _two_steps(pixel, pixel_loss, train32.images[: 2 * b.batch_size], b.batch_size)
+    model.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = ddim_sample(prompt_guided_eps_fn(lambda *a: model(*a).float(), y[:4], 3.0), schedule,
+                        (4, b.latent_channels, 8, 8), steps=2, device="cpu", progress=False, x0_mode="none")
+    with torch.no_grad():
+        x = vae.decode(z.float())
+    assert x.shape == (4, 3, b.image_size, b.image_size) and torch.isfinite(x).all()
