@@ -30,6 +30,7 @@ __all__ = [
     "EvaluatorNet",
     "Evaluator",
     "load_evaluator",
+    "resize_for_evaluator",
     "frechet_distance",
     "fid",
     "class_accuracy",
@@ -45,6 +46,13 @@ WEIGHTS_FILE = WEIGHTS_DIR / "evaluator.safetensors"
 CONFIG_FILE = WEIGHTS_DIR / "evaluator.json"
 IMAGE_SIZE = 32
 _RANGE_SLACK = 0.5  # values beyond [-1.5, 1.5] are taken as a wrong value range, not overshoot
+
+
+def resize_for_evaluator(x: torch.Tensor) -> torch.Tensor:
+    """``x`` (N×3×H×W) at the evaluator's IMAGE_SIZE: resized bilinearly with antialiasing when H×W differs."""
+    if x.shape[-2:] == (IMAGE_SIZE, IMAGE_SIZE):
+        return x
+    return F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True, align_corners=False)
 
 
 class EvaluatorNet(nn.Module):
@@ -106,11 +114,7 @@ class Evaluator:
         self.feature_dim: int = int(config["architecture"]["feature_dim"])
 
     def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(self.device, torch.float32)
-        if x.shape[-2:] != (IMAGE_SIZE, IMAGE_SIZE):
-            x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True,
-                              align_corners=False)
-        return x
+        return resize_for_evaluator(x.to(self.device, torch.float32))
 
     @torch.no_grad()
     def _map(self, fn, x, batch_size: int):

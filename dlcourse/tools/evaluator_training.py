@@ -26,7 +26,8 @@ from .cli import Parser, reports_errors
 from ..device import check_device, get_device
 from ..files import write_atomically
 from ..metrics import (CONFIG_FILE, IMAGE_SIZE, WEIGHTS_DIR, WEIGHTS_FILE, Evaluator, EvaluatorNet, _evaluator,
-                      _load, class_accuracy, colour_accuracy, diversity, frechet_distance, per_class_accuracy)
+                      _load, class_accuracy, colour_accuracy, diversity, frechet_distance, per_class_accuracy,
+                      resize_for_evaluator)
 from ..training import EMA, train
 from ..validation import check_positive_int, check_real, check_seed
 
@@ -59,8 +60,7 @@ def _dataset_tensors(split: str, n: int | None, seed: int, size: int = IMAGE_SIZ
 def _training_tensors(sizes: tuple[int, ...]):
     """The train split at every side in ``sizes``, each resized to the evaluator's 32 px as it resizes inputs."""
     parts = [_dataset_tensors("train", None, 0, size)[1:] for size in sizes]
-    images = torch.cat([F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True,
-                                      align_corners=False) if x.shape[-1] != IMAGE_SIZE else x for x, _, _ in parts])
+    images = torch.cat([resize_for_evaluator(x) for x, _, _ in parts])
     return images, torch.cat([y for _, y, _ in parts]), torch.cat([c for _, _, c in parts])
 
 
