@@ -190,7 +190,7 @@ def test_attention_maps_one_map_per_token():
 
 # ---- the option on the lesson 03/04 U-Nets: off changes nothing ---------------------------------
 
-@pytest.mark.parametrize("name", sorted(p.name for p in REFERENCES.iterdir() if (p / "config.json").is_file()))
+@pytest.mark.parametrize("name", ["02_ddpm", "03_optimised", "04_cfg"])  # trained before the option existed
 def test_shipped_references_load_without_attention(name):
     config = json.loads((REFERENCES / name / "config.json").read_text())
     assert config.get("attention_heads", 0) == 0  # absent in configs written before the option existed

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 
@@ -13,7 +14,8 @@ from PIL import Image
 
 from dlcourse import budget, pretrained
 from dlcourse.tools import results
-from dlcourse.models import ConditionalUNet, TimeUNet, UNet
+from dlcourse.clip import TinyCLIP, Tokenizer
+from dlcourse.models import VAE, ConditionalUNet, TextUNet, TimeUNet, UNet
 from dlcourse.schedules import Schedule, scaled_linear_betas
 
 
@@ -98,6 +100,71 @@ def test_save_and_load_a_reference_round_trip(tmp_path, monkeypatch):
     assert again == pytest.approx(info["check"]["scores"], rel=1e-5)
 
 
+def _latent_text_parts():
+    """A tiny VAE (16 × 16 → 4 × 4 latents), TinyCLIP and cross-attention TextUNet for lesson 06's reference."""
+    torch.manual_seed(0)
+    vae = VAE(latent_channels=4, channels=(8, 8), image_size=16)
+    clip = TinyCLIP(Tokenizer.from_texts(["a white daisy", "a yellow dandelion", "a red rose", "a yellow sunflower",
+                                          "a purple tulip"]).vocab, embed_dim=16, image_size=16, widths=(8,),
+                    text_width=16, text_layers=1, heads=2)
+    model = TextUNet(image_channels=4, channels=(8, 16), image_size=4, T=20, context_dim=16, heads=2)
+    return vae, clip, model
+
+
+def test_a_latent_text_reference_keeps_its_vae_and_clip_and_rescores_the_same(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained, "WEIGHTS", tmp_path / "weights")
+    monkeypatch.setattr(pretrained, "CHECK", {"n": 10, "steps": 2, "seed": 0})
+    monkeypatch.setenv("DLCOURSE_BUDGET", "cpu")  # the references' budget, so that it may be copied
+    vae, clip, model = _latent_text_parts()
+    schedule = Schedule(scaled_linear_betas(20))
+    source = tmp_path / "runs"
+    folder = pretrained.save_reference("06_latent", model, schedule, folder=source / "06_latent", w=3.0, vae=vae,
+                                       latent_scale=1.5, clip=clip)
+    info = json.loads((folder / "reference.json").read_text())
+    assert info["kind"] == "text" and info["latent_scale"] == 1.5 and info["check"]["w"] == 3.0
+    assert set(info["check"]["scores"]) == {"FID", "accuracy", "colour_accuracy", "reconstruction_accuracy"}
+    assert all(0 <= info["check"]["scores"][k] <= 1 for k in ("accuracy", "colour_accuracy", "reconstruction_accuracy"))
+    monkeypatch.setattr(pretrained, "REFERENCES", {**pretrained.REFERENCES, "06_latent": dataclasses.replace(
+        pretrained.REFERENCES["06_latent"], max_fid=1e9, min_accuracy=0.0, min_colour_accuracy=0.0,
+        min_reconstruction_accuracy=0.0)})
+    assert results._copy_references(source) == ["06_latent"]  # the sub-folders travel with the denoiser
+    ref = pretrained.load("06_latent", device="cpu")
+    z, t = torch.randn(3, 4, 4, 4), torch.tensor([0, 5, 19])
+    y, mask = clip.encode_tokens(["a red rose", "a tulip", "a white daisy"])
+    with torch.no_grad():
+        assert torch.equal(ref.model(z, t, y, token_mask=mask), model.eval()(z, t, y, token_mask=mask))
+        assert torch.equal(ref.clip.encode_tokens(["a red rose"])[0], clip.encode_tokens(["a red rose"])[0])
+        assert torch.equal(ref.decode(z), vae.decode(z / 1.5).clamp(-1, 1))
+    assert ref.decode(z).shape == (3, 3, 16, 16) and ref.latent_scale == 1.5
+    assert pretrained.rescore(ref) == pytest.approx(info["check"]["scores"], rel=1e-5)
+
+
+def test_save_reference_names_the_models_a_reference_keeps(tmp_path):
+    vae, clip, model = _latent_text_parts()
+    schedule = Schedule(scaled_linear_betas(20))
+    with pytest.raises(ValueError, match=r"vae: expected the vae \(reference '06_latent' keeps vae, clip beside"):
+        pretrained.save_reference("06_latent", model, schedule, folder=tmp_path / "a", clip=clip)
+    with pytest.raises(ValueError, match=r"clip: expected None \(reference '04_cfg' keeps no models beside"):
+        pretrained.save_reference("04_cfg", ConditionalUNet(channels=(8, 16), image_size=16, T=20, context_dim=5),
+                                  schedule, folder=tmp_path / "b", clip=clip)
+    with pytest.raises(ValueError, match="latent_scale: expected the scale s of the VAE's latents"):
+        pretrained.save_reference("06_latent", model, schedule, folder=tmp_path / "c", vae=vae, clip=clip)
+    with pytest.raises(ValueError, match="clip: expected the TinyCLIP whose text features condition the model"):
+        pretrained.score(model, schedule, "text", n=5, steps=2, vae=vae, latent_scale=1.0)
+    assert not any(tmp_path.iterdir())  # refused before writing anything
+
+
+def test_copying_a_latent_reference_without_its_vae_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrained, "WEIGHTS", tmp_path / "weights")
+    scores = {"FID": 1.0, "accuracy": 1.0, "colour_accuracy": 1.0, "reconstruction_accuracy": 1.0}
+    _saved_reference(tmp_path / "runs", "06_latent", "cpu", scores)
+    (tmp_path / "runs" / "06_latent" / "clip").mkdir()
+    (tmp_path / "runs" / "06_latent" / "clip" / "model.safetensors").write_text("clip")
+    with pytest.raises(ValueError, match="06_latent/reference.json: no vae/ beside the denoiser"):
+        results._copy_references(tmp_path / "runs")
+    assert not (tmp_path / "weights").exists()
+
+
 def test_load_names_what_is_missing(tmp_path, monkeypatch):
     monkeypatch.setattr(pretrained, "WEIGHTS", tmp_path)
     with pytest.raises(FileNotFoundError, match="dlcourse results --budget cpu --update-references"):
@@ -173,11 +240,12 @@ def test_shipped_reference_still_scores_what_it_recorded_and_reaches_its_floors(
     check = ref.info["check"]
     assert ref.info["budget"] == pretrained.BUDGET and ref.info["parameters"] < 600_000  # ≤ 2 MB of float32
     sizes = budget(pretrained.REFERENCES[name].lesson, pretrained.BUDGET)
+    size = sizes.image_size // 4 if hasattr(ref, "vae") else sizes.image_size  # latents: 32 × 32 → 8 × 8
     assert (tuple(ref.model.config["channels"]), ref.model.config["image_size"], ref.schedule.T) == \
-        (sizes.channels, sizes.image_size, sizes.T)
+        (sizes.channels, size, sizes.T)
     assert ref.model.config.get("context_dim") == sizes.context_dim
-    scores = pretrained.score(ref.model, ref.schedule, ref.info["kind"], n=check["n"], steps=check["steps"],
-                              seed=check["seed"], w=check["w"])
+    scores = pretrained.rescore(ref)
+    assert set(scores) == set(check["scores"])
     for key, recorded in check["scores"].items():
         assert scores[key] == pytest.approx(recorded, rel=0.02, abs=0.02), key
     assert pretrained.REFERENCES[name].missed(scores) == []

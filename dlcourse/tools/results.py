@@ -175,6 +175,8 @@ def _copy_references(source: Path) -> list[str]:
         if folder.name not in REFERENCES:
             raise fail("--update-references", f"references named one of {sorted(REFERENCES)}", repr(folder.name))
         missed = REFERENCES[folder.name].missed(info["check"]["scores"])
+        missed += [f"no {part}/ beside the denoiser" for part in REFERENCES[folder.name].parts
+                   if not (folder / part / "model.safetensors").is_file()]
         if info["budget"] != BUDGET:
             missed.insert(0, f"trained at the {info['budget']} budget")
         if missed:
@@ -186,9 +188,11 @@ def _copy_references(source: Path) -> list[str]:
         target = WEIGHTS / folder.name
         if target.exists():
             shutil.rmtree(target)
-        target.mkdir(parents=True)
-        for name in ("model.safetensors", "config.json", "reference.json"):
-            shutil.copy2(folder / name, target / name)
+        for part in ("", *REFERENCES[folder.name].parts):  # the denoiser, then the models kept beside it
+            (target / part).mkdir(parents=True)
+            for name in ("model.safetensors", "config.json"):
+                shutil.copy2(folder / part / name, target / part / name)
+        shutil.copy2(folder / "reference.json", target / "reference.json")
         copied.append(folder.name)
     return copied
 
