@@ -3,6 +3,9 @@
 ``guidance_explorer`` samples every (w, class) pair of a classifier-free-guided model ONCE, in a
 single batched sampling run from shared starting noise, and renders each grid to PNG; moving the
 w slider or the class selector afterwards only swaps pre-rendered PNG bytes, so it stays instant.
+``prompt_explorer`` does the same with text prompts as the rows. Both take a latent model as well:
+``decode`` turns the sampled latents into the images shown (lesson 06), and ``encode`` gives
+``prompt_explorer`` per-token features for a cross-attention model.
 """
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from dlcourse.validation import check_choice, check_positive_int, check_real, de
 __all__ = ["GuidanceExplorer", "guidance_explorer", "PromptExplorer", "prompt_explorer"]
 
 DEFAULT_WS = tuple(-2.0 + 0.5 * k for k in range(25))  # −2, −1.5, …, 10
+DECODE_BATCH = 256  # latents per call of ``decode``: hundreds of samples stay within memory
 MINUS = "\u2212"  # the minus sign of the slider's readout (ipywidgets formats it with d3-format: "−2.0")
 
 
@@ -159,7 +163,7 @@ def _image_shape(model, image_shape) -> tuple[int, int, int]:
 def guidance_explorer(model, schedule, classes: Sequence[str], *, ws: Sequence[float] | None = None,
                       n_per_class: int = 4, sampler: str = "ddim", steps: int = 50, seed: int = 0, device=None,
                       image_shape: tuple[int, int, int] | None = None, progress: bool = True,
-                      x0_mode: str = "clip") -> GuidanceExplorer:
+                      x0_mode: str = "clip", decode=None) -> GuidanceExplorer:
     """Sample ``n_per_class`` images per class at every w in ``ws`` (default −2, −1.5, …, 10) in ONE
     batched CFG run: the batch stacks len(ws) × len(classes) × n_per_class samples, each with its own
     w (``guided_eps_fn`` with a per-sample w), and every w starts from the same x_T (``seed``).
@@ -169,16 +173,45 @@ def guidance_explorer(model, schedule, classes: Sequence[str], *, ws: Sequence[f
     ``image_shape`` (C, H, W) defaults to the model's config; ``x0_mode`` is the samplers' (x̂_0
     clipped to [−1, 1] by default; "dynamic" for Imagen's thresholding, "none" for the plain
     formula, where large w saturates). Returns a :class:`GuidanceExplorer`.
+
+    A latent model: ``decode(z)`` maps sampled latents (N, c, h, w) to images (N, 3, H, W) in [−1, 1], e.g.
+    ``lambda z: vae.decode(z / s)``; the explorer shows the decoded tiles (clamped to [−1, 1]), ``image_shape``
+    is then the latent's (the model's config by default) and ``x0_mode="none"`` (latents are not pixels).
     """
     if isinstance(classes, str) or not isinstance(classes, Sequence) or not classes:
         raise fail("classes", "a non-empty list of class names", describe(classes))
     ws = _check_ws(ws)
     check_positive_int(n_per_class, "n_per_class")
+    _check_callable(decode, "decode", "a function latents (N, c, h, w) → images (N, 3, H, W) in [−1, 1], "
+                    "e.g. lambda z: vae.decode(z / s), or None for a pixel-space model")
     n_classes = len(classes)
     c_rows = one_hot(torch.arange(n_classes), n_classes)
     images = _sample_over_ws(model, schedule, c_rows, ws, n_per_class, sampler=sampler, steps=steps, seed=seed,
-                             device=device, image_shape=image_shape, progress=progress, x0_mode=x0_mode)
+                             device=device, image_shape=image_shape, progress=progress, x0_mode=x0_mode,
+                             decode=decode)
     return GuidanceExplorer({w_: images[i] for i, w_ in enumerate(ws)}, classes)
+
+
+def _check_callable(f, name: str, expected: str):
+    """``f`` unchanged when it is None or callable; otherwise the course's error naming what to pass."""
+    if f is not None and not callable(f):
+        raise fail(name, expected, describe(f))
+    return f
+
+
+def _decoded(decode, z: torch.Tensor) -> torch.Tensor:
+    """Images ``decode(z)`` of the latents z (N, c, h, w), DECODE_BATCH at a time, clamped to [−1, 1], on cpu."""
+    parts = []
+    with torch.no_grad():
+        for start in range(0, z.shape[0], DECODE_BATCH):
+            chunk = z[start:start + DECODE_BATCH]
+            x = decode(chunk)
+            if (not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.dim() != 4
+                    or x.shape[0] != chunk.shape[0]):
+                raise fail("decode(z)", f"a float tensor of {chunk.shape[0]} images (N, C, H, W) for the latents "
+                           f"z {tuple(chunk.shape)}", describe(x))
+            parts.append(x.detach().float().cpu().clamp(-1, 1))
+    return torch.cat(parts)
 
 
 def _check_ws(ws) -> list[float]:
@@ -190,14 +223,20 @@ def _check_ws(ws) -> list[float]:
 
 
 def _sample_over_ws(model, schedule, c_rows: torch.Tensor, ws: list[float], n_per_row: int, *, sampler: str,
-                    steps: int, seed: int, device, image_shape, progress: bool, x0_mode: str) -> torch.Tensor:
+                    steps: int, seed: int, device, image_shape, progress: bool, x0_mode: str,
+                    decode=None) -> torch.Tensor:
     """One batched CFG run: every w × every context row × ``n_per_row`` samples, each w from the same x_T
-    (``seed``), guided by ``guided_eps_fn`` with a per-sample w. Returns (len(ws), n_rows, n_per_row, C, H, W)
-    on cpu."""
+    (``seed``), guided by ``guided_eps_fn`` with a per-sample w. ``c_rows`` holds one context per row, of any
+    shape: (n_rows, D) vectors or (n_rows, L, D) token features. Returns (len(ws), n_rows, n_per_row, C, H, W)
+    on cpu: the samples, or with ``decode`` their decoded images."""
     from dlcourse.sampling import ddim_sample, ddpm_sample
 
     check_choice(sampler, "sampler", ("ddim", "ddpm"))
     shape = _image_shape(model, image_shape)
+    if decode is None and shape[0] not in (1, 3):
+        raise fail("decode", f"a decoder for the model's {shape[0]}-channel samples, e.g. decode=lambda z: "
+                   "vae.decode(z / s) for a latent model (the explorer shows images with 1 or 3 channels)",
+                   f"decode=None and image_shape {shape}")
     if device is None:
         first = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
         device = first.device if first is not None else torch.device("cpu")
@@ -205,7 +244,7 @@ def _sample_over_ws(model, schedule, c_rows: torch.Tensor, ws: list[float], n_pe
     per_w = n_rows * n_per_row
     generator = torch.Generator().manual_seed(seed)
     x_T = torch.randn((per_w, *shape), generator=generator).repeat(len(ws), 1, 1, 1).to(device)
-    c = c_rows.repeat_interleave(n_per_row, 0).repeat(len(ws), 1).to(device)
+    c = c_rows.repeat_interleave(n_per_row, 0).repeat(len(ws), *([1] * (c_rows.dim() - 1))).to(device)
     w = torch.tensor(ws).repeat_interleave(per_w).to(device)
     eps_fn = guided_eps_fn(model, c, w)
     if sampler == "ddim":
@@ -213,7 +252,8 @@ def _sample_over_ws(model, schedule, c_rows: torch.Tensor, ws: list[float], n_pe
     else:
         x0 = ddpm_sample(eps_fn, schedule, x_T.shape, x_T=x_T, generator=generator, progress=progress,
                          x0_mode=x0_mode)
-    return x0.detach().float().cpu().reshape(len(ws), n_rows, n_per_row, *shape)
+    images = x0.detach().float().cpu() if decode is None else _decoded(decode, x0.detach())
+    return images.reshape(len(ws), n_rows, n_per_row, *images.shape[1:])
 
 
 class PromptExplorer(GuidanceExplorer):
@@ -275,22 +315,41 @@ class PromptExplorer(GuidanceExplorer):
 def prompt_explorer(model, schedule, clip, prompts: Sequence[str], *, ws: Sequence[float] | None = None,
                     n_per_prompt: int = 4, sampler: str = "ddim", steps: int = 50, seed: int = 0, device=None,
                     image_shape: tuple[int, int, int] | None = None, progress: bool = True,
-                    x0_mode: str = "clip") -> PromptExplorer:
+                    x0_mode: str = "clip", encode=None, decode=None) -> PromptExplorer:
     """:func:`guidance_explorer` for text: context c = ``clip.encode_text([prompt])`` (TinyCLIP or
     ``dlcourse.clip.load_pretrained``), every prompt at every w (default −2 … 10) in ONE batched run.
-    Prompts typed later are sampled the same way, from the same x_T, and cached."""
+    Prompts typed later are sampled the same way, from the same x_T, and cached.
+
+    ``encode(list of prompts)`` replaces ``clip.encode_text`` (``clip`` may then be None): for lesson 06's
+    cross-attention ``TextUNet``, ``lambda p: clip.encode_tokens(p)[0]``, per-token features (N, L, D) whose
+    padding rows are zero. ``decode`` shows a latent model's samples decoded, as in :func:`guidance_explorer`.
+    """
     if isinstance(prompts, str) or not isinstance(prompts, Sequence) or not prompts or not all(
             isinstance(p, str) and p.strip() for p in prompts):
         raise fail("prompts", "a non-empty list of prompt strings", describe(prompts))
     ws = _check_ws(ws)
     check_positive_int(n_per_prompt, "n_per_prompt")
+    _check_callable(encode, "encode", "a function list of prompts → context tensor, e.g. "
+                    "lambda p: clip.encode_tokens(p)[0], or None for clip.encode_text")
+    _check_callable(decode, "decode", "a function latents (N, c, h, w) → images (N, 3, H, W) in [−1, 1], "
+                    "e.g. lambda z: vae.decode(z / s), or None for a pixel-space model")
+    if encode is None:
+        if not callable(getattr(clip, "encode_text", None)):
+            raise fail("clip", "a text encoder with .encode_text(list of prompts) (TinyCLIP, "
+                       "dlcourse.clip.load_pretrained), or pass encode=", describe(clip))
+        encode = clip.encode_text
     options = dict(sampler=sampler, steps=steps, seed=seed, device=device, image_shape=image_shape,
-                   x0_mode=x0_mode)
+                   x0_mode=x0_mode, decode=decode)
 
     def sample(texts: list[str], show_progress: bool) -> torch.Tensor:
         with torch.no_grad():
-            c_rows = clip.encode_text(list(texts)).float()
-            return _sample_over_ws(model, schedule, c_rows, ws, n_per_prompt, progress=show_progress, **options)
+            c_rows = encode(list(texts))
+            if (not isinstance(c_rows, torch.Tensor) or not c_rows.is_floating_point() or c_rows.dim() < 2
+                    or c_rows.shape[0] != len(texts)):
+                raise fail("encode(prompts)", f"a float tensor with one context per prompt, ({len(texts)}, D) or "
+                           f"({len(texts)}, L, D)", describe(c_rows))
+            return _sample_over_ws(model, schedule, c_rows.float(), ws, n_per_prompt, progress=show_progress,
+                                   **options)
 
     images = sample([p.strip() for p in prompts], progress)
     return PromptExplorer({w: images[i] for i, w in enumerate(ws)}, [p.strip() for p in prompts],

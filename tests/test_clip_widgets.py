@@ -85,3 +85,95 @@ def test_the_caption_writes_guidance_scale_as_1_plus_w_like_lesson_04():
     assert caption.value == "w = 0 (diffusers' guidance_scale = 1 + w = 1) · prompt: 'a rose'"
     explorer.set(w=2.0)
     assert caption.value == "w = 2 (diffusers' guidance_scale = 1 + w = 3) · prompt: 'a rose'"
+
+
+class TokenCLIP:
+    """encode_tokens: a fixed random feature per word, padded with zero rows to 4 tokens (TinyCLIP's layout);
+    records the prompts of every call."""
+
+    vocabulary = ["a", "white", "red", "rose", "tulip"]
+
+    def __init__(self, width: int = 6):
+        self.features = torch.randn(len(self.vocabulary), width, generator=torch.Generator().manual_seed(1))
+        self.calls = []
+
+    def encode_tokens(self, texts):
+        self.calls.append(list(texts))
+        y = torch.zeros(len(texts), 4, self.features.shape[1])
+        for i, text in enumerate(texts):
+            words = text.split()
+            y[i, :len(words)] = self.features[[self.vocabulary.index(word) for word in words]]
+        return y, y.ne(0).any(-1)
+
+
+def upsample_decode(z):
+    """A stand-in decoder: the latent's first 3 channels enlarged 2× (8×8 → 16×16)."""
+    return torch.nn.functional.interpolate(z[:, :3], scale_factor=2, mode="nearest")
+
+
+@pytest.fixture
+def cross_attention():
+    """A small TextUNet on 4×8×8 latents whose cross-attention is open (its W_o starts at zero)."""
+    from dlcourse.models import TextUNet
+
+    torch.manual_seed(0)
+    model = TextUNet(channels=(8, 16), image_size=8, T=20, context_dim=6, heads=2)
+    for block in model.cross_attentions:
+        block.proj.reset_parameters()
+    return Schedule(scaled_linear_betas(20)), model.eval(), TokenCLIP()
+
+
+def test_token_features_through_a_cross_attention_model_decoded(cross_attention):
+    """Each (w, prompt) tile is DDIM from the shared x_T with CFG on that prompt's (L, D) token features, decoded."""
+    from dlcourse.guidance import guided_eps_fn
+    from dlcourse.sampling import ddim_sample
+
+    schedule, model, clip = cross_attention
+    prompts, n, ws = ["a white rose", "a red tulip"], 2, [-1.0, 0.0, 3.0]
+    encode = lambda p: clip.encode_tokens(p)[0]  # noqa: E731
+    explorer = prompt_explorer(model, schedule, None, prompts, ws=ws, n_per_prompt=n, steps=3, progress=False,
+                               x0_mode="none", encode=encode, decode=upsample_decode)
+    assert clip.calls == [prompts] and explorer.classes == tuple(prompts)
+    x_T = torch.randn((len(prompts) * n, 4, 8, 8), generator=torch.Generator().manual_seed(0))
+    y = encode(prompts).repeat_interleave(n, 0)  # (prompt × sample, L, D)
+    for w in ws:
+        z = ddim_sample(guided_eps_fn(model, y, w), schedule, x_T.shape, steps=3, x_T=x_T, progress=False,
+                        x0_mode="none")
+        expected = upsample_decode(z).clamp(-1, 1).reshape(len(prompts), n, 3, 16, 16)
+        assert explorer.images[w].shape == (2, n, 3, 16, 16)
+        assert torch.allclose(explorer.images[w], expected, atol=1e-5), w
+    # w = −1 is the unconditional model (the null prompt: context None), w = 3 follows the prompt's words
+    z_null = ddim_sample(lambda z, t: model(z, t), schedule, x_T.shape, steps=3, x_T=x_T, progress=False,
+                         x0_mode="none")
+    null = upsample_decode(z_null).clamp(-1, 1).reshape(len(prompts), n, 3, 16, 16)
+    assert torch.allclose(explorer.images[-1.0], null, atol=1e-5)
+    assert (explorer.images[3.0] - explorer.images[-1.0]).abs().max() > 0.1
+
+
+def test_a_typed_prompt_goes_through_encode_and_decode(cross_attention):
+    schedule, model, clip = cross_attention
+    options = dict(ws=[0.0, 2.0], n_per_prompt=2, steps=3, progress=False, x0_mode="none",
+                   encode=lambda p: clip.encode_tokens(p)[0], decode=upsample_decode)
+    explorer = prompt_explorer(model, schedule, None, ["a rose"], **options)
+    explorer.add_prompt("a white tulip")
+    assert clip.calls[-1] == ["a white tulip"] and explorer.cls == "a white tulip"
+    assert explorer.images[2.0].shape == (2, 2, 3, 16, 16)
+    alone = prompt_explorer(model, schedule, None, ["a white tulip"], **options)
+    assert torch.allclose(explorer.images[2.0][1], alone.images[2.0][0], atol=1e-5)
+    assert explorer.current_png.startswith(b"\x89PNG")
+
+
+def test_bad_encode_arguments_name_the_fix(setup, cross_attention):
+    schedule, model, clip = setup
+    with pytest.raises(ValueError, match=r"encode: expected a function list of prompts → context tensor, e.g. "
+                                         r"lambda p: clip.encode_tokens\(p\)\[0\]"):
+        prompt_explorer(model, schedule, clip, ["a rose"], encode=clip.words, image_shape=(3, 4, 4))
+    with pytest.raises(ValueError, match=r"clip: expected a text encoder with .encode_text\(list of prompts\) .*"
+                                         r"or pass encode="):
+        prompt_explorer(model, schedule, None, ["a rose"], image_shape=(3, 4, 4))
+    with pytest.raises(ValueError, match=r"encode\(prompts\): expected a float tensor with one context per "
+                                         r"prompt, \(1, D\) or \(1, L, D\), got tuple"):
+        prompt_explorer(model, schedule, None, ["a rose"], encode=TokenCLIP().encode_tokens, image_shape=(3, 4, 4))
+    latent_schedule, latent_model, tokens = cross_attention
+    with pytest.raises(ValueError, match=r"decode: expected a decoder for the model's 4-channel samples"):
+        prompt_explorer(latent_model, latent_schedule, None, ["a rose"], encode=lambda p: tokens.encode_tokens(p)[0])

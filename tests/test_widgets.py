@@ -142,3 +142,58 @@ def test_explorer_set_refuses_nan_and_accepts_numpy_numbers():
             explorer.set(w=bad)
     assert explorer.set(w=np.float32(1.9)).w == 2.0
     assert explorer.set(w=torch.tensor(0.2)).w == 0.0
+
+
+class LatentModel(CountingModel):
+    """CountingModel on 4-channel 2×2 "latents", with the config a latent U-Net carries (image_shape from it)."""
+
+    def __init__(self, schedule: Schedule):
+        super().__init__(schedule, channels=4)
+        self.config = {"image_channels": 4, "image_size": 2}
+
+
+def upsample_decode(z):
+    """A stand-in decoder: the latent's first 3 channels, ×3 (so it leaves [−1, 1]), enlarged 4× to 8×8."""
+    return torch.nn.functional.interpolate(3 * z[:, :3], scale_factor=4, mode="nearest")
+
+
+def test_a_latent_model_shows_its_decoded_samples_batched_and_clamped():
+    """The exact ε of one-colour-per-class data puts the plain formula's latents at (1 + w)·x*_class
+    (as in test_each_weight_gets_its_own_guidance): the tiles are their decodes, clamped to [−1, 1]."""
+    schedule = Schedule(scaled_linear_betas(20))
+    model = LatentModel(schedule)
+    calls = []
+
+    def decode(z):
+        calls.append(tuple(z.shape))
+        return upsample_decode(z)
+
+    explorer = guidance_explorer(model, schedule, CLASSES, n_per_class=4, steps=3, progress=False, x0_mode="none",
+                                 decode=decode)
+    assert calls == [(256, 4, 2, 2), (25 * 3 * 4 - 256, 4, 2, 2)]  # latents of the config's shape, 256 at a time
+    x_star = 0.5 * torch.tanh(model.colour.detach())  # (class, latent channel)
+    for w in (-2.0, -1.0, -0.5, 0.0, 10.0):
+        latents = ((1 + w) * x_star)[:, :, None, None].expand(3, 4, 2, 2)
+        expected = upsample_decode(latents).clamp(-1, 1)[:, None].expand(3, 4, 3, 8, 8)
+        assert explorer.images[w].shape == (3, 4, 3, 8, 8)
+        assert torch.allclose(explorer.images[w], expected, atol=1e-4), w
+    assert explorer.images[10.0].abs().max() == 1 and 0 < explorer.images[-0.5].abs().max() < 1  # clamped only where needed
+    explorer.set(w=0.0, cls="all")
+    at_zero = explorer.current_png
+    assert at_zero.startswith(b"\x89PNG") and explorer.set(w=3.0).current_png != at_zero
+
+
+def test_bad_decode_arguments_name_the_fix():
+    schedule = Schedule(scaled_linear_betas(10))
+    model = LatentModel(schedule)
+    with pytest.raises(ValueError, match=r"decode: expected a decoder for the model's 4-channel samples, e.g. "
+                                         r"decode=lambda z: vae.decode\(z / s\)"):
+        guidance_explorer(model, schedule, CLASSES, ws=[0.0], steps=2, progress=False)
+    with pytest.raises(ValueError, match=r"decode: expected a function latents \(N, c, h, w\) → images"):
+        guidance_explorer(model, schedule, CLASSES, ws=[0.0], steps=2, progress=False, decode="vae")
+    with pytest.raises(ValueError, match=r"decode\(z\): expected a float tensor of 3 images \(N, C, H, W\)"):
+        guidance_explorer(model, schedule, CLASSES, ws=[0.0], n_per_class=1, steps=2, progress=False,
+                          decode=lambda z: upsample_decode(z)[:1])
+    with pytest.raises(ValueError, match=r"decode\(z\): expected .*, got tuple"):
+        guidance_explorer(model, schedule, CLASSES, ws=[0.0], n_per_class=1, steps=2, progress=False,
+                          decode=lambda z: (z, z))
