@@ -241,6 +241,10 @@ class LatentBudget(Budget):
     n_samples: int = per_budget(1_000, 200, 10, "samples per model in the latent-vs-pixel comparison")
     n_per_prompt: int = per_budget(100, 40, 4, "samples per prompt in the seen / held-out measurement")
     n_edit: int = per_budget(64, 32, 4, "images per editing measurement")
+    explorer_per_class: int = per_budget(4, 2, 1, "samples per (w, class) in the latent model's w slider (one batched "
+                                                  "run, decoded)")
+    explorer_per_prompt: int = per_budget(4, 2, 1, "samples per (w, prompt) in the cross-attention model's prompt "
+                                                   "explorer")
 
     @property
     def context_dim(self) -> int:
