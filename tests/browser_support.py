@@ -42,7 +42,8 @@ CHROMIUM_ENV = "DLCOURSE_CHROMIUM"
 _TRUE = {"1", "true", "yes", "on"}
 ARTIFACTS_KEY = pytest.StashKey[Path]()  # the screenshot folder of this run, printed in pytest's summary
 SCREENSHOTS = ("00_dataset_grid.png", "04_guidance_explorer_before.png", "04_guidance_explorer_after.png",
-               "00_failure.png", "04_failure.png")  # the only files the test writes (and removes) there
+               "06_latent_explorer.png", "06_prompt_explorer_before.png", "06_prompt_explorer_after.png",
+               "00_failure.png", "04_failure.png", "06_failure.png")  # the only files the test writes (and removes)
 
 
 def in_ci(env: Mapping[str, str]) -> bool:

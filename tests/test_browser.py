@@ -7,7 +7,9 @@ mode), copies the quick-mode solution notebooks there (the repo is never written
 - notebook 00: runs all cells from the Run menu and checks that the dataset grid renders as an image;
 - notebook 04: runs all cells, checks that no cell shows an error, moves the w slider of the guidance
   explorer on the shipped reference model with ArrowRight keys and checks that the displayed image
-  changed (its PNG bytes).
+  changed (its PNG bytes);
+- notebook 06: the same for the latent lesson, whose two explorers show decoded tiles: the w slider of the
+  class-conditional latent model and the prompt explorer of the cross-attention model, whose slider is moved.
 
 Screenshots go to ``$DLCOURSE_BROWSER_ARTIFACTS`` or ``test-artifacts/browser/`` (printed at the end of
 the run). Deselected unless asked for: ``python -m pytest -m browser``. Skipped with a one-line reason
@@ -35,9 +37,10 @@ from dlcourse.widgets import MINUS
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTEBOOKS = ("00_welcome.ipynb", "04_classifier_free_guidance.ipynb")
-TOTAL_SECONDS = 170  # the module's budget: server, browser and both notebooks (3 minutes at most)
-RUN_CAP = {"00_welcome.ipynb": 60, "04_classifier_free_guidance.ipynb": 110}  # seconds for "run all"
+NOTEBOOKS = ("00_welcome.ipynb", "04_classifier_free_guidance.ipynb", "06_latent_diffusion.ipynb")
+TOTAL_SECONDS = 270  # the module's budget: server, browser and the three notebooks (4.5 minutes at most)
+RUN_CAP = {"00_welcome.ipynb": 60, "04_classifier_free_guidance.ipynb": 110,
+           "06_latent_diffusion.ipynb": 100}  # seconds for "run all"
 ARROW_PRESSES, SLIDER_STEP = 4, 0.5  # w: 0 → 2 (the explorer samples w = −2, −1.5, …, 10)
 
 # The state of the open notebook, read from the page: prompts ("[3]:", "[*]:", "[ ]:"), error outputs
@@ -280,49 +283,80 @@ def test_notebook_00_dataset_grid_renders_as_an_image(browser, lab, deadline, ar
         assert not error_outputs(save_and_read(page, lab, name, deadline))
 
 
+def move_w_slider(page, explorer, deadline: Deadline, artifacts: Path, prefix: str) -> tuple[bytes, bytes]:
+    """Press ArrowRight ARROW_PRESSES times on ``explorer``'s w slider, one key at a time, and check that the
+    readout, the caption and the displayed PNG followed; screenshots ``{prefix}_before.png`` and
+    ``{prefix}_after.png``. Returns the PNG bytes shown before and after."""
+    explorer.wait_for(state="visible", timeout=deadline.timeout(20) * 1000)
+    explorer.scroll_into_view_if_needed()
+    handle = explorer.locator(".widget-slider .noUi-handle").first
+    readout = explorer.locator(".widget-slider .widget-readout").first
+    image = explorer.locator("img").first
+    before = base64.b64decode(image.evaluate(IMAGE_BYTES_JS)["bytes"])
+    w_before = readout.inner_text(timeout=5000).strip()
+    shot(page, artifacts, f"{prefix}_before.png", top=explorer)
+
+    w_expected = readout_value(w_before)
+    for _ in range(ARROW_PRESSES):  # one key at a time, each seen by the slider before the next
+        w_expected += SLIDER_STEP
+        handle.focus()
+        page.keyboard.press("ArrowRight")
+        page.wait_for_function(
+            "([el, w, minus]) => Math.abs(parseFloat(el.textContent.replace(minus, '-')) - w) < 1e-6",
+            arg=[readout.element_handle(), w_expected, MINUS], timeout=deadline.timeout(10) * 1000)
+    after, end = before, time.monotonic() + deadline.timeout(20)
+    while time.monotonic() < end:
+        after = base64.b64decode(image.evaluate(IMAGE_BYTES_JS)["bytes"])
+        if after != before:
+            break
+        time.sleep(0.25)
+    w_after = readout.inner_text(timeout=5000).strip()
+    shot(page, artifacts, f"{prefix}_after.png", top=explorer)
+
+    assert readout_value(w_after) == pytest.approx(readout_value(w_before) + SLIDER_STEP * ARROW_PRESSES), \
+        f"ArrowRight ×{ARROW_PRESSES} moved w from {w_before} to {w_after}"
+    assert after != before, f"the image did not change when w moved from {w_before} to {w_after}"
+    pixels_before, pixels_after = png_pixels(before), png_pixels(after)
+    assert pixels_before.shape == pixels_after.shape and (pixels_before != pixels_after).any(), \
+        "the new PNG shows the same pixels"
+    for data in (before, after):
+        width, height, _ = png_info(data)
+        assert width >= 300 and height > 0
+    caption_w = f"{readout_value(w_after):g}".replace("-", MINUS)  # the caption writes −, as the readout does
+    assert f"w = {caption_w}" in explorer.inner_text(), "the caption does not name the new w"
+    return before, after
+
+
+def explorers(page):
+    """The output areas that hold an explorer: a slider and an image."""
+    return page.locator(".jp-OutputArea-output").filter(has=page.locator(".widget-slider")).filter(
+        has=page.locator("img"))
+
+
 def test_notebook_04_runs_and_the_w_slider_changes_the_image(browser, lab, deadline, artifacts):
     name = "04_classifier_free_guidance.ipynb"
     with notebook_run(browser, lab, name, deadline, artifacts, "04_failure.png") as page:
         nb = save_and_read(page, lab, name, deadline)
         assert not error_outputs(nb), f"{name}: error outputs in the saved notebook: {error_outputs(nb)}"
-
         # the last explorer: the shipped reference model's (trained flowers), after the student's quick-mode one
-        explorer = page.locator(".jp-OutputArea-output").filter(has=page.locator(".widget-slider")).filter(
-            has=page.locator("img")).last
-        explorer.wait_for(state="visible", timeout=deadline.timeout(20) * 1000)
-        explorer.scroll_into_view_if_needed()
-        handle = explorer.locator(".widget-slider .noUi-handle").first
-        readout = explorer.locator(".widget-slider .widget-readout").first
-        image = explorer.locator("img").first
-        before = base64.b64decode(image.evaluate(IMAGE_BYTES_JS)["bytes"])
-        w_before = readout.inner_text(timeout=5000).strip()
-        shot(page, artifacts, "04_guidance_explorer_before.png", top=explorer)
+        move_w_slider(page, explorers(page).last, deadline, artifacts, "04_guidance_explorer")
 
-        w_expected = readout_value(w_before)
-        for _ in range(ARROW_PRESSES):  # one key at a time, each seen by the slider before the next
-            w_expected += SLIDER_STEP
-            handle.focus()
-            page.keyboard.press("ArrowRight")
-            page.wait_for_function(
-                "([el, w, minus]) => Math.abs(parseFloat(el.textContent.replace(minus, '-')) - w) < 1e-6",
-                arg=[readout.element_handle(), w_expected, MINUS], timeout=deadline.timeout(10) * 1000)
-        after, end = before, time.monotonic() + deadline.timeout(20)
-        while time.monotonic() < end:
-            after = base64.b64decode(image.evaluate(IMAGE_BYTES_JS)["bytes"])
-            if after != before:
-                break
-            time.sleep(0.25)
-        w_after = readout.inner_text(timeout=5000).strip()
-        shot(page, artifacts, "04_guidance_explorer_after.png", top=explorer)
 
-        assert readout_value(w_after) == pytest.approx(readout_value(w_before) + SLIDER_STEP * ARROW_PRESSES), \
-            f"ArrowRight ×{ARROW_PRESSES} moved w from {w_before} to {w_after}"
-        assert after != before, f"the image did not change when w moved from {w_before} to {w_after}"
-        pixels_before, pixels_after = png_pixels(before), png_pixels(after)
-        assert pixels_before.shape == pixels_after.shape and (pixels_before != pixels_after).any(), \
-            "the new PNG shows the same pixels"
-        for data in (before, after):
-            width, height, _ = png_info(data)
-            assert width >= 300 and height > 0
-        caption_w = f"{readout_value(w_after):g}".replace("-", MINUS)  # the caption writes −, as the readout does
-        assert f"w = {caption_w}" in explorer.inner_text(), "the caption does not name the new w"
+def test_notebook_06_runs_and_the_latent_explorers_show_decoded_tiles(browser, lab, deadline, artifacts):
+    name = "06_latent_diffusion.ipynb"
+    with notebook_run(browser, lab, name, deadline, artifacts, "06_failure.png") as page:
+        nb = save_and_read(page, lab, name, deadline)
+        assert not error_outputs(nb), f"{name}: error outputs in the saved notebook: {error_outputs(nb)}"
+        found = explorers(page)
+        assert found.count() == 2, f"{name}: expected the latent w slider and the prompt explorer, found " \
+                                   f"{found.count()} explorers"
+        slider, prompts = found.first, found.last
+        assert slider.locator(".widget-text").count() == 0 and "columns: " in slider.inner_text()
+        tiles = base64.b64decode(slider.locator("img").first.evaluate(IMAGE_BYTES_JS)["bytes"])
+        assert png_info(tiles)[0] >= 300 and png_info(tiles)[2] > 5, "the latent w slider shows no decoded tiles"
+        shot(page, artifacts, "06_latent_explorer.png", top=slider)
+        assert prompts.locator(".widget-text input").count() == 1, "the prompt explorer has no text box"
+        assert "prompt: 'a white rose'" in prompts.inner_text()
+        before, after = move_w_slider(page, prompts, deadline, artifacts, "06_prompt_explorer")
+        for data in (before, after):  # decoded 32×32 tiles, enlarged: a picture, not a flat colour
+            assert png_info(data)[2] > 5, "the prompt explorer shows a blank tile"
