@@ -77,11 +77,40 @@ def same(value, doc: str):
 
 
 @dataclass(frozen=True)
+class Training:
+    """One training set-up of a lesson: ``models`` models of the class ``model`` (of ``dlcourse.models``, or
+    ``TinyCLIP``), each built with ``kwargs`` and trained for ``steps`` optimizer updates of ``batch_size``
+    examples. ``steps`` None: trained instead for the seconds that the lesson's training named
+    ``same_seconds_as`` took (lesson 06's pixel model). ``kwargs`` may be given as a dict; it is kept as
+    (name, value) pairs sorted by name, so that equal set-ups compare (and hash) equal."""
+
+    name: str  # what the lesson calls it, unique within the lesson
+    model: str
+    kwargs: tuple[tuple[str, object], ...]
+    batch_size: int
+    steps: int | None
+    models: int = 1
+    same_seconds_as: str | None = None
+
+    def __post_init__(self):
+        if (self.steps is None) == (self.same_seconds_as is None):
+            raise ValueError(f"Training {self.name!r}: expected steps or same_seconds_as (one of them), got "
+                             f"steps={self.steps!r}, same_seconds_as={self.same_seconds_as!r}")
+        object.__setattr__(self, "kwargs", tuple(sorted(dict(self.kwargs).items())))  # frozen: set once, here
+
+    @property
+    def setup(self) -> tuple:
+        """(model, kwargs, batch_size): what one update costs; trainings with equal set-ups cost the same."""
+        return self.model, self.kwargs, self.batch_size
+
+
+@dataclass(frozen=True)
 class Budget:
     """One lesson's sizes under one budget. Subclasses declare the fields with :func:`per_budget`."""
 
     mode: str  # the budget's name, one of MODES
-    model: ClassVar[str | None] = None  # the dlcourse.models class the lesson trains (None: it trains none)
+    # a lesson of one training set-up: the dlcourse.models class it trains (None: see `trainings`)
+    model: ClassVar[str | None] = None
     models_trained: ClassVar[int] = 1  # how many of them, each on the whole budget
 
     @property
@@ -93,6 +122,21 @@ class Budget:
     def context_dim(self) -> int | None:
         """Size of the model's context c (None: unconditional)."""
         return None
+
+    @property
+    def trainings(self) -> tuple[Training, ...]:
+        """Every model the lesson trains, in the lesson's order (``dlcourse doctor`` times them). By default
+        ``models_trained`` models of the class ``model`` with the lesson's channels, image_size, T and
+        context_dim (those it has), batch_size and train_steps; none when ``model`` is None. A lesson that
+        trains several set-ups lists them itself."""
+        if self.model is None:
+            return ()
+        kwargs = {"channels": self.channels, "image_size": self.image_size}
+        if getattr(self, "T", None) is not None:
+            kwargs["T"] = self.T
+        if self.context_dim is not None:
+            kwargs["context_dim"] = self.context_dim
+        return (Training(self.model, self.model, kwargs, self.batch_size, self.train_steps, self.models_trained),)
 
     @classmethod
     def columns(cls) -> dict[str, tuple]:
@@ -212,9 +256,6 @@ class CLIPBudget(Budget):
 class LatentBudget(Budget):
     """Lesson 06: a VAE at 32×32, latent against pixel diffusion, TinyCLIP's tokens through cross-attention."""
 
-    # None: `dlcourse doctor` times pixel-space set-ups on one context vector; this lesson's models (VAE,
-    # TextUNet on latents) are not among them, so it predicts no time for lesson 06
-    model: ClassVar[str | None] = None
     n_images: int = per_budget(10_000, 5_000, 256, "training images")
     n_test: int = per_budget(2_000, 1_000, 100, "test images (FID, reconstruction error, editing)")
     image_size: int = per_budget(32, 32, 32, "image side in pixels")
@@ -250,6 +291,37 @@ class LatentBudget(Budget):
     def context_dim(self) -> int:
         """y = TinyCLIP's per-token features: text_width entries per token."""
         return self.clip_text_width
+
+    @property
+    def trainings(self) -> tuple[Training, ...]:
+        """The lesson's eight models, in its order: the VAE; the latent U-Nets without and with self-attention;
+        the latent class model, and the pixel one trained for the same seconds; TinyCLIP (on 16×16 images);
+        the text models on TinyCLIP's pooled embedding and, through cross-attention, on its tokens."""
+        from .data import CLASSES
+
+        heads = self.attention_heads
+        latent = {"image_channels": self.latent_channels, "channels": self.channels,
+                  "image_size": self.image_size // 2 ** len(self.vae_channels), "T": self.T}
+        vae = {"latent_channels": self.latent_channels, "channels": self.vae_channels, "image_size": self.image_size}
+        pixel = {"channels": self.pixel_channels, "image_size": self.image_size, "T": self.T,
+                 "context_dim": len(CLASSES)}
+        clip = {"embed_dim": self.clip_embed_dim, "image_size": 16, "text_width": self.clip_text_width}
+        cross = {**latent, "context_dim": self.context_dim, "heads": heads, "cross_attention_levels": 2,
+                 "attention_heads": heads}
+        n, steps = self.batch_size, self.train_steps
+        return (
+            Training("VAE", "VAE", vae, self.vae_batch_size, self.vae_steps),
+            Training("latent U-Net, no attention", "UNet", {**latent, "attention_heads": 0}, n, self.attention_steps),
+            Training(f"latent U-Net, {heads} heads", "UNet", {**latent, "attention_heads": heads}, n,
+                     self.attention_steps),
+            Training("latent class model", "ConditionalUNet",
+                     {**latent, "context_dim": len(CLASSES), "attention_heads": heads}, n, steps),
+            Training("pixel class model", "ConditionalUNet", pixel, n, None, same_seconds_as="latent class model"),
+            Training("TinyCLIP", "TinyCLIP", clip, self.clip_batch_size, self.clip_steps),
+            Training("text model, pooled", "ConditionalUNet",
+                     {**latent, "context_dim": self.clip_embed_dim, "attention_heads": heads}, n, steps),
+            Training("text model, cross-attention", "TextUNet", cross, n, steps),
+        )
 
 
 @dataclass(frozen=True)

@@ -4,20 +4,23 @@ Checks: the GPU and its memory, the torch / CUDA versions and whether the instal
 CPU or the CUDA build, the budget in force and why, the flower-dataset cache, the evaluator weights,
 and write access to the cache and runs folders.
 
-Prediction, from a micro-benchmark of at most ``seconds`` (default 10): for each distinct training
-set-up of the lessons (model, widths, image size, batch size at the budget in force) it times
-optimizer updates of :class:`dlcourse.training.TrainStep` — what ``train`` runs, with the fast path
-of this device — and predicts
+Prediction, from a micro-benchmark of at most ``seconds`` (default 10): each lesson's Budget lists the
+models it trains (``Budget.trainings``: class, sizes, batch size and steps at the budget in force); for
+each distinct set-up the doctor times optimizer updates of :class:`dlcourse.training.TrainStep` — what
+``train`` runs, with the fast path of this device — on the model's objective, and predicts
 
-    training time of a lesson = seconds per update × ``train_steps`` × models the lesson trains.
+    training time of a set-up = seconds per update × its steps × models trained with it,
+    training time of a lesson = the sum over its set-ups
 
-That is training only: sampling, metrics and plots come on top, and lesson 05's CLIP encoder is not
-included. The measurement is a few updates per set-up, taken under whatever else the machine is doing:
-on a shared machine it is pessimistic, and it uses the threads this process has (``OMP_NUM_THREADS``).
-A set-up the time budget did not reach is shown as not measured.
+(lesson 06's pixel model trains for the seconds of its latent class model, so it is given that time).
+That is training only: sampling, metrics, plots and the EMA and gradient clipping some lessons add come
+on top, and lesson 05's CLIP encoder is not included. The measurement is a few updates per set-up, taken
+under whatever else the machine is doing: on a shared machine it is pessimistic, and it uses the threads
+this process has (``OMP_NUM_THREADS``). A set-up the time budget did not reach is shown as not measured.
 """
 from __future__ import annotations
 
+import inspect
 import platform
 import sys
 import time
@@ -28,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from .cli import Parser, reports_errors
-from ..config import LESSONS
+from ..config import LESSONS, Training, budget
 
-__all__ = ["Check", "Prediction", "TRAINED_LESSONS", "checks", "predict", "format_report", "main"]
+__all__ = ["Check", "Part", "Prediction", "TRAINED_LESSONS", "checks", "predict", "format_report", "main"]
 
 
 @dataclass
@@ -43,22 +46,42 @@ class Check:
 
 
 @dataclass
+class Part:
+    """One training set-up of a lesson: ``seconds_per_step`` measured (None: the time budget ran out, or a
+    training that lasts another's seconds, which is not timed), ``seconds`` predicted (None: unknown)."""
+
+    training: Training
+    seconds_per_step: float | None
+    seconds: float | None
+
+    @property
+    def updates(self) -> int | None:
+        """Optimizer updates of the set-up: steps × models (None: it trains for another's seconds)."""
+        return None if self.training.steps is None else self.training.steps * self.training.models
+
+    @property
+    def label(self) -> str:
+        """The model class, its widths and its input side, e.g. ``UNet[32, 64] 16²``."""
+        kwargs = dict(self.training.kwargs)
+        widths = list(kwargs["channels"]) if "channels" in kwargs else ""
+        return f"{self.training.model}{widths} {kwargs['image_size']}²"
+
+
+@dataclass
 class Prediction:
-    """One lesson: ``seconds_per_step`` measured (None if the time budget ran out), ``seconds`` predicted."""
+    """One lesson: a :class:`Part` per training set-up; ``seconds`` their sum (None if one is unknown)."""
 
     lesson: str
-    model: str
-    train_steps: int
-    models: int
-    seconds_per_step: float | None
+    parts: list[Part]
 
     @property
     def seconds(self) -> float | None:
-        return None if self.seconds_per_step is None else self.seconds_per_step * self.train_steps * self.models
+        times = [part.seconds for part in self.parts]
+        return None if None in times else sum(times)
 
 
-# the lessons that train a model, in course order (what each trains: its Budget's model, models_trained, context_dim)
-TRAINED_LESSONS: tuple[str, ...] = tuple(lesson for lesson, table in LESSONS.items() if table.model is not None)
+# the lessons that train a model, in course order (what each trains: its Budget's trainings)
+TRAINED_LESSONS: tuple[str, ...] = tuple(lesson for lesson in LESSONS if budget(lesson, "quick").trainings)
 
 
 def _torch_build() -> Check:
@@ -133,74 +156,107 @@ def checks(cache_dirs: list[Path] | None = None, runs_dir: Path = Path("runs")) 
     ]
 
 
-def _setup_key(lesson: str, mode_name: str) -> tuple:
-    from .. import budget
-
-    b = budget(lesson, mode_name)
-    extra = () if b.context_dim is None else (("context_dim", b.context_dim),)
-    return b.model, tuple(b.channels), b.image_size, getattr(b, "T", None), b.batch_size, extra
-
-
-def _time_setup(key: tuple, device: torch.device, seconds: float) -> float | None:
-    """Seconds per update of one set-up: one warm-up update, then updates until ``seconds`` have passed."""
+def _build(name: str, kwargs: dict) -> torch.nn.Module:
+    """The model ``name`` (a class of :mod:`dlcourse.models`, or ``TinyCLIP``) built with ``kwargs``."""
     from .. import models
+    from ..clip import PAD, UNK, TinyCLIP
+    from ..data import CLASSES, PETAL_COLOURS
+
+    if name == "TinyCLIP":  # a vocabulary of the caption words' size; its size costs nothing measurable
+        return TinyCLIP([PAD, UNK, *CLASSES, *PETAL_COLOURS], **kwargs)
+    return getattr(models, name)(**kwargs)
+
+
+def _objective(net: torch.nn.Module, batch_size: int, device: torch.device):
+    """(loss_fn, data): the loss ``net``'s lesson trains it on, as costly per update, and two batches of
+    random examples of its input."""
+    from ..clip import TinyCLIP, contrastive_loss
     from ..losses import diffusion_loss
+    from ..models import VAE, ConditionalUNet, TextUNet, UNetDenoiser, vae_loss
     from ..schedules import Schedule, scaled_linear_betas
-    from ..training import TrainStep, fast_path
 
-    kind, channels, size, T, batch_size, extra = key
-    cls = getattr(models, kind)
-    kwargs = {"channels": channels, "image_size": size, **dict(extra), **({} if T is None else {"T": T})}
-    torch.manual_seed(0)
-    net = cls(**kwargs)
-    context = dict(extra).get("context_dim")
-
-    schedule = None if T is None else Schedule(scaled_linear_betas(T)).to(device)
+    n = 2 * batch_size
+    if isinstance(net, TinyCLIP):
+        data = torch.utils.data.TensorDataset(torch.randn(n, 3, net.image_size, net.image_size),
+                                              torch.randint(2, len(net.tokenizer), (n, net.context_length)))
+        return lambda m, b: contrastive_loss(m.image_features(b[0]), m.text_features(b[1]), m.scale()), data
+    data = torch.randn(n, net.image_channels, net.image_size, net.image_size)
+    if isinstance(net, VAE):
+        return vae_loss, data
+    if isinstance(net, UNetDenoiser):
+        return lambda m, x0: F.mse_loss(m(x0 + torch.randn_like(x0)), x0), data
+    schedule = Schedule(scaled_linear_betas(net.T)).to(device)
+    if isinstance(net, TextUNet):  # per-token features y (N, L, context_dim), L = TinyCLIP's default context_length
+        context = (inspect.signature(TinyCLIP).parameters["context_length"].default, net.context_dim)
+    elif isinstance(net, ConditionalUNet):
+        context = (net.context_dim,)
+    else:
+        return lambda m, x0: diffusion_loss(m, x0, None, schedule), data
 
     def loss_fn(m, x0):
-        if kind == "UNetDenoiser":
-            return F.mse_loss(m(x0 + torch.randn_like(x0)), x0)
-        if context is None:
-            return diffusion_loss(m, x0, None, schedule)
-        c = torch.randn(x0.shape[0], context, device=x0.device)
+        c = torch.randn(x0.shape[0], *context, device=x0.device)
         return diffusion_loss(lambda x, t: m(x, t, c, torch.ones(x0.shape[0], device=x0.device)), x0, None, schedule)
 
-    data = torch.randn(2 * batch_size, 3, size, size)
+    return loss_fn, data
+
+
+def _time_setup(setup: tuple, device: torch.device, seconds: float) -> float:
+    """Seconds per update of one set-up (``Training.setup``): one warm-up update, then updates until
+    ``seconds`` have passed."""
+    from ..timing import synchronize
+    from ..training import TrainStep, fast_path
+
+    name, kwargs, batch_size = setup
+    torch.manual_seed(0)
+    net = _build(name, dict(kwargs))
+    loss_fn, data = _objective(net, batch_size, device)
     run = TrainStep(net, loss_fn, data, batch_size=batch_size, lr=1e-4, device=device, fast=fast_path(device))
     start = time.perf_counter()
     run(0)  # warm-up: first calls allocate and pick kernels
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     clock, steps = time.perf_counter(), 0
     while steps == 0 or time.perf_counter() - start < seconds:
         run(steps + 1)
         steps += 1
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        synchronize(device)
     return (time.perf_counter() - clock) / steps
+
+
+def _parts(lesson: str, trainings: tuple[Training, ...], measured: dict[tuple, float | None]) -> list[Part]:
+    """A lesson's trainings with their measured and predicted seconds."""
+    parts: dict[str, Part] = {}
+    for training in trainings:
+        if training.steps is None:
+            if training.same_seconds_as not in parts:
+                raise ValueError(f"{lesson}: training {training.name!r} lasts the seconds of "
+                                 f"{training.same_seconds_as!r}, which is not an earlier training of the lesson")
+            parts[training.name] = Part(training, None, parts[training.same_seconds_as].seconds)
+            continue
+        per_step = measured[training.setup]
+        parts[training.name] = Part(training, per_step,
+                                    None if per_step is None else per_step * training.steps * training.models)
+    return list(parts.values())
 
 
 def predict(seconds: float = 10.0, device=None, mode_name: str | None = None, lessons=None) -> list[Prediction]:
     """One :class:`Prediction` per lesson (``lessons``, default all of ``TRAINED_LESSONS``) at the budget
-    ``mode_name`` (default: in force). Lessons with the same set-up share one measurement; each set-up
+    ``mode_name`` (default: in force). Trainings with the same set-up share one measurement; each set-up
     gets an equal share of ``seconds`` (at least one warm-up and one timed update, so a set-up whose
     update is slower than its share overruns it once); set-ups left when ``seconds`` is spent are not measured."""
-    from .. import budget, mode
+    from .. import mode
     from ..device import get_device
 
     device = torch.device(device) if device is not None else get_device()
     mode_name = mode_name or mode()
     lessons = list(TRAINED_LESSONS) if lessons is None else list(lessons)
-    keys = {lesson: _setup_key(lesson, mode_name) for lesson in lessons}
-    distinct = list(dict.fromkeys(keys.values()))
+    trainings = {lesson: budget(lesson, mode_name).trainings for lesson in lessons}
+    distinct = list(dict.fromkeys(t.setup for ts in trainings.values() for t in ts if t.steps is not None))
     measured: dict[tuple, float | None] = {}
     start = time.perf_counter()
-    for i, key in enumerate(distinct):
+    for i, setup in enumerate(distinct):
         left = seconds - (time.perf_counter() - start)
-        measured[key] = None if left <= 0 else _time_setup(key, device, left / (len(distinct) - i))
-    return [Prediction(lesson, f"{keys[lesson][0]}{list(keys[lesson][1])} {keys[lesson][2]}²",
-                       budget(lesson, mode_name).train_steps, LESSONS[lesson].models_trained, measured[keys[lesson]])
-            for lesson in lessons]
+        measured[setup] = None if left <= 0 else _time_setup(setup, device, left / (len(distinct) - i))
+    return [Prediction(lesson, _parts(lesson, ts, measured)) for lesson, ts in trainings.items()]
 
 
 def _minutes(seconds: float | None) -> str:
@@ -216,12 +272,25 @@ def format_report(found: list[Check], predictions: list[Prediction], device: tor
     lines += ["", f"Predicted training time per lesson at the {mode_name} budget on {device.type} "
               "(measured s/update × train_steps × models; sampling and metrics come on top):",
               f"{'lesson':30s} {'model':28s} {'ms/update':>10s} {'updates':>9s} {'training':>13s}"]
+    notes = []
     for p in predictions:
-        ms = "—" if p.seconds_per_step is None else f"{1000 * p.seconds_per_step:.1f}"
-        lines.append(f"{p.lesson:30s} {p.model:28s} {ms:>10s} {p.train_steps * p.models:>9,d} {_minutes(p.seconds):>13s}")
+        if len(p.parts) == 1:
+            lines.append(_row(p.lesson, p.parts[0]))
+            continue
+        lines.append(f"{p.lesson:30s} {f'{len(p.parts)} models:':28s} {'':>10s} {'':>9s} {_minutes(p.seconds):>13s}")
+        lines += [_row(f"  {part.training.name}", part) for part in p.parts]
+        notes += [f"{p.lesson}: the {part.training.name} trains for the seconds of the "
+                  f"{part.training.same_seconds_as}, so it is given that time"
+                  for part in p.parts if part.training.same_seconds_as is not None]
     known = [p.seconds for p in predictions if p.seconds is not None]
     lines.append(f"{'total (measured lessons)':30s} {'':28s} {'':>10s} {'':>9s} {_minutes(sum(known)):>13s}")
-    return "\n".join(lines)
+    return "\n".join(lines + notes)
+
+
+def _row(name: str, part: Part) -> str:
+    ms = "—" if part.seconds_per_step is None else f"{1000 * part.seconds_per_step:.1f}"
+    updates = "—" if part.updates is None else f"{part.updates:,d}"
+    return f"{name:30s} {part.label:28s} {ms:>10s} {updates:>9s} {_minutes(part.seconds):>13s}"
 
 
 @reports_errors("dlcourse doctor")
