@@ -163,7 +163,8 @@ class TinyCLIP(nn.Module):
     """f(x): conv stages (3×3 conv → GroupNorm → GELU, ×2, then 2× average pool) → global mean →
     linear; g(y): token + position embeddings → Transformer encoder → mean over the words → linear.
     Both end L2-normalised in R^embed_dim; ``logit_scale`` is log s, initialised to log(1/0.07).
-    :meth:`token_features` keeps one vector per token instead of the mean (lesson 06's cross-attention)."""
+    :meth:`token_features` keeps one vector per token instead of the mean (lesson 06's cross-attention);
+    :meth:`word_features` is each word's embedding alone, before the Transformer."""
 
     def __init__(self, vocab: list, embed_dim: int = 64, image_size: int = 32, widths=(32, 64, 128),
                  text_width: int = 64, text_layers: int = 2, heads: int = 4, context_length: int = 16):
@@ -208,14 +209,18 @@ class TinyCLIP(nn.Module):
                               align_corners=False)
         return self.image_proj(self.image_body(x).mean(dim=(2, 3)))
 
-    def _text_body(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The Transformer's outputs h (N, L, text_width) and keep = ids != 0 (N, L) bool, from ids (N, L)."""
+    def _ids(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Checked ids (N, L) on the model's device and keep = ids != 0 (N, L) bool."""
         if (not isinstance(token_ids, torch.Tensor) or token_ids.dtype != torch.long
                 or token_ids.dim() != 2 or token_ids.shape[1] != self.context_length):
             raise fail("token_ids", f"a long tensor (N, context_length = {self.context_length}) from "
                        "tokenizer.encode", describe(token_ids))
         ids = token_ids.to(self.device)
-        keep = (ids != 0)
+        return ids, ids != 0
+
+    def _text_body(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Transformer's outputs h (N, L, text_width) and keep = ids != 0 (N, L) bool, from ids (N, L)."""
+        ids, keep = self._ids(token_ids)
         h = self.token_embedding(ids) + self.position_embedding
         return self.text_body(h, src_key_padding_mask=~keep), keep
 
@@ -235,9 +240,24 @@ class TinyCLIP(nn.Module):
         h, keep = self._text_body(token_ids)
         return self.text_norm(h) * keep[:, :, None], keep
 
+    def word_features(self, token_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-word features that ignore the other words: (y (N, L, text_width), mask (N, L) bool).
+
+        y_i = LN(E[id_i]) · m_i: the token embedding E of each word alone, before position embeddings and the
+        Transformer, normalised over its width (LN without learned scale), m_i = [id_i ≠ 0]. A word means the
+        same in every prompt, so a held-out pair of words is a new set of known vectors (lesson 06 measures what
+        that does to composition against :meth:`token_features`)."""
+        ids, keep = self._ids(token_ids)
+        e = self.token_embedding(ids)
+        return F.layer_norm(e, e.shape[-1:]) * keep[:, :, None], keep
+
     def encode_tokens(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """:meth:`token_features` of ``texts``: (y (N, context_length, text_width), mask (N, context_length))."""
         return self.token_features(self.tokenize(texts))
+
+    def encode_words(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`word_features` of ``texts``: (y (N, context_length, text_width), mask (N, context_length))."""
+        return self.word_features(self.tokenize(texts))
 
     def tokenize(self, texts: Sequence[str]) -> torch.Tensor:
         """Ids for ``texts``; warns (UserWarning) naming the words that become ``<unk>``."""

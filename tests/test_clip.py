@@ -76,6 +76,21 @@ def test_tiny_clip_token_features_keep_one_normalised_vector_per_word_and_zero_t
         clip.token_features(ids.float())
 
 
+def test_tiny_clip_word_features_are_each_words_normalised_embedding_whatever_the_prompt():
+    torch.manual_seed(0)
+    clip = TinyCLIP(VOCAB, embed_dim=8, image_size=8, widths=(4,), text_width=16, heads=2, context_length=6).eval()
+    y, mask = clip.encode_words(["a red rose", "a white tulip on grass"])
+    assert y.shape == (2, 6, 16) and mask.sum(1).tolist() == [3, 5] and (y[~mask] == 0).all()
+    rose = clip.token_embedding.weight[clip.tokenizer.encode(["rose"], 6)[0, 0]]
+    torch.testing.assert_close(y[0, 2], (rose - rose.mean()) / (rose.var(unbiased=False) + 1e-5).sqrt())
+    other, _ = clip.encode_words(["white rose"])  # no Transformer, no position: "rose" reads nothing else
+    torch.testing.assert_close(other[0, 1], y[0, 2])
+    tokens, _ = clip.encode_tokens(["a red rose"])
+    assert not torch.allclose(tokens[0, 2], y[0, 2], atol=1e-3)
+    with pytest.raises(ValueError, match="token_ids: expected a long tensor"):
+        clip.word_features(torch.zeros(2, 5, dtype=torch.long))
+
+
 def test_tokenizer_round_trip_unknown_words_and_length():
     tok = Tokenizer.from_texts(["a red rose", "A white tulip on grass."])
     assert tok.vocab == VOCAB[:2] + sorted(VOCAB[2:])
