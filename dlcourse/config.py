@@ -265,17 +265,17 @@ class LatentBudget(Budget):
     vae_beta: float = same(1e-6, "weight β of the KL term in the VAE loss (1e-4 measured: σ ≈ 0.7, blurred decodes)")
     vae_steps: int = per_budget(6_000, 1_500, 10, "the VAE's optimizer steps")
     vae_batch_size: int = per_budget(128, 32, 16, "the VAE's images per step")
-    clip_embed_dim: int = per_budget(64, 64, 32, "TinyCLIP's embedding size D")
-    clip_text_width: int = per_budget(64, 64, 32, "TinyCLIP's token width: the context_dim of the cross-attention")
-    clip_steps: int = per_budget(3_000, 600, 20, "TinyCLIP's optimizer steps")
-    clip_batch_size: int = per_budget(256, 128, 64, "TinyCLIP's batch")
+    clip_embed_dim: int = same(64, "embedding size D of lesson 05's shipped TinyCLIP (pretrained '05_text'), the "
+                                   "pooled model's context")
+    clip_text_width: int = same(64, "token width of lesson 05's shipped TinyCLIP: the context_dim of the "
+                                    "cross-attention")
     channels: tuple[int, ...] = per_budget((128, 256), (32, 64), (16, 32), "latent U-Net widths, one per resolution")
     pixel_channels: tuple[int, ...] = per_budget((64, 128, 256), (32, 64), (8, 16), "the pixel-space U-Net's widths")
     attention_heads: int = per_budget(4, 4, 2, "heads of the self- and cross-attention blocks")
     T: int = per_budget(1000, 200, 50, "diffusion steps")
     attention_steps: int = per_budget(2_000, 400, 10, "optimizer steps of each model of the with/without attention test")
     train_steps: int = per_budget(10_000, 2_500, 20, "optimizer steps of each latent diffusion model")
-    batch_size: int = per_budget(128, 64, 16, "diffusion images (latents) per step")
+    batch_size: int = per_budget(128, 32, 16, "diffusion images (latents) per step (cpu: 32, as the recipe study)")
     lr: float = per_budget(1e-3, 2e-3, 2e-3, "peak learning rate of the diffusion models")
     drop_prob: float = same(0.1, "probability of dropping a sample's whole prompt (or class)")
     sampling_steps: int = per_budget(50, 25, 4, "DDIM steps")
@@ -295,8 +295,9 @@ class LatentBudget(Budget):
     @property
     def trainings(self) -> tuple[Training, ...]:
         """The lesson's eight models, in its order: the VAE; the latent U-Nets without and with self-attention;
-        the latent class model, and the pixel one trained for the same seconds; TinyCLIP (on 16×16 images);
-        the text models on TinyCLIP's pooled embedding and, through cross-attention, on its tokens."""
+        the latent class model, and the pixel one trained for the same seconds; the text models on lesson 05's
+        TinyCLIP (loaded, not trained): its pooled embedding, and through cross-attention its token features and
+        its word features."""
         from .data import CLASSES
 
         heads = self.attention_heads
@@ -305,7 +306,6 @@ class LatentBudget(Budget):
         vae = {"latent_channels": self.latent_channels, "channels": self.vae_channels, "image_size": self.image_size}
         pixel = {"channels": self.pixel_channels, "image_size": self.image_size, "T": self.T,
                  "context_dim": len(CLASSES)}
-        clip = {"embed_dim": self.clip_embed_dim, "image_size": 16, "text_width": self.clip_text_width}
         cross = {**latent, "context_dim": self.context_dim, "heads": heads, "cross_attention_levels": 2,
                  "attention_heads": heads}
         n, steps = self.batch_size, self.train_steps
@@ -317,10 +317,10 @@ class LatentBudget(Budget):
             Training("latent class model", "ConditionalUNet",
                      {**latent, "context_dim": len(CLASSES), "attention_heads": heads}, n, steps),
             Training("pixel class model", "ConditionalUNet", pixel, n, None, same_seconds_as="latent class model"),
-            Training("TinyCLIP", "TinyCLIP", clip, self.clip_batch_size, self.clip_steps),
             Training("text model, pooled", "ConditionalUNet",
                      {**latent, "context_dim": self.clip_embed_dim, "attention_heads": heads}, n, steps),
             Training("text model, cross-attention", "TextUNet", cross, n, steps),
+            Training("text model, cross-attention on words", "TextUNet", cross, n, steps),
         )
 
 

@@ -122,7 +122,7 @@ def test_lesson_06_sizes_fit_its_models(mode_name):
     assert vae.latent_shape == (b.latent_channels, 8, 8)
     assert b.context_dim == b.clip_text_width
     latent = [dict(t.kwargs) for t in b.trainings if dict(t.kwargs).get("image_channels") == b.latent_channels]
-    assert len(latent) == 5 and all(kwargs["image_size"] == vae.latent_shape[1] for kwargs in latent)
+    assert len(latent) == 6 and all(kwargs["image_size"] == vae.latent_shape[1] for kwargs in latent)
     assert 8 % 2 ** len(b.channels) == 0 and b.image_size % 2 ** len(b.pixel_channels) == 0
     assert all(width % b.attention_heads == 0 for width in b.channels)
 

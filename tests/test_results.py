@@ -249,3 +249,11 @@ def test_shipped_reference_still_scores_what_it_recorded_and_reaches_its_floors(
     for key, recorded in check["scores"].items():
         assert scores[key] == pytest.approx(recorded, rel=0.02, abs=0.02), key
     assert pretrained.REFERENCES[name].missed(scores) == []
+
+
+@pytest.mark.parametrize("mode_name", ["full", "cpu", "quick"])
+def test_lesson_06_budget_names_the_widths_of_lesson_05s_shipped_tiny_clip(mode_name):
+    """Lesson 06 conditions on the shipped lesson-05 TinyCLIP at every budget: its widths are the budget's."""
+    clip = pretrained.load("05_text", device="cpu").clip
+    b = budget("06_latent_diffusion", mode_name)
+    assert (clip.embed_dim, clip.text_width) == (b.clip_embed_dim, b.context_dim)
