@@ -160,7 +160,7 @@ def test_lesson_06_full_size(train32):
 
     b = budget("06_latent_diffusion", "full")
     _check_common(b, len(train32.images[: b.n_images]))
-    assert max(b.vae_batch_size, b.batch_size, b.clip_batch_size) <= b.n_images
+    assert max(b.vae_batch_size, b.batch_size) <= b.n_images
     vae = VAE(latent_channels=b.latent_channels, channels=b.vae_channels, image_size=b.image_size)
     _two_steps(vae, lambda m, x0: vae_loss(m, x0, b.vae_beta), train32.images[: 2 * b.vae_batch_size], b.vae_batch_size)
     with torch.no_grad():
