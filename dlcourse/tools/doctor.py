@@ -269,28 +269,29 @@ def format_report(found: list[Check], predictions: list[Prediction], device: tor
     lines = [f"{mark[c.ok]} {c.name:18s} {c.detail}" for c in found]
     if not predictions:
         return "\n".join(lines)
+    width = max([30] + [len(part.training.name) + 2 for p in predictions if len(p.parts) > 1 for part in p.parts])
     lines += ["", f"Predicted training time per lesson at the {mode_name} budget on {device.type} "
               "(measured s/update × train_steps × models; sampling and metrics come on top):",
-              f"{'lesson':30s} {'model':28s} {'ms/update':>10s} {'updates':>9s} {'training':>13s}"]
+              f"{'lesson':{width}s} {'model':28s} {'ms/update':>10s} {'updates':>9s} {'training':>13s}"]
     notes = []
     for p in predictions:
         if len(p.parts) == 1:
-            lines.append(_row(p.lesson, p.parts[0]))
+            lines.append(_row(p.lesson, p.parts[0], width))
             continue
-        lines.append(f"{p.lesson:30s} {f'{len(p.parts)} models:':28s} {'':>10s} {'':>9s} {_minutes(p.seconds):>13s}")
-        lines += [_row(f"  {part.training.name}", part) for part in p.parts]
+        lines.append(f"{p.lesson:{width}s} {f'{len(p.parts)} models:':28s} {'':>10s} {'':>9s} {_minutes(p.seconds):>13s}")
+        lines += [_row(f"  {part.training.name}", part, width) for part in p.parts]
         notes += [f"{p.lesson}: the {part.training.name} trains for the seconds of the "
                   f"{part.training.same_seconds_as}, so it is given that time"
                   for part in p.parts if part.training.same_seconds_as is not None]
     known = [p.seconds for p in predictions if p.seconds is not None]
-    lines.append(f"{'total (measured lessons)':30s} {'':28s} {'':>10s} {'':>9s} {_minutes(sum(known)):>13s}")
+    lines.append(f"{'total (measured lessons)':{width}s} {'':28s} {'':>10s} {'':>9s} {_minutes(sum(known)):>13s}")
     return "\n".join(lines + notes)
 
 
-def _row(name: str, part: Part) -> str:
+def _row(name: str, part: Part, width: int) -> str:
     ms = "—" if part.seconds_per_step is None else f"{1000 * part.seconds_per_step:.1f}"
     updates = "—" if part.updates is None else f"{part.updates:,d}"
-    return f"{name:30s} {part.label:28s} {ms:>10s} {updates:>9s} {_minutes(part.seconds):>13s}"
+    return f"{name:{width}s} {part.label:28s} {ms:>10s} {updates:>9s} {_minutes(part.seconds):>13s}"
 
 
 @reports_errors("dlcourse doctor")
