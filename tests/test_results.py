@@ -214,7 +214,7 @@ def test_copying_references_refuses_all_when_one_misses_its_floors_or_budget(tmp
 def test_floors_pass_the_recorded_scores_and_fail_quick_budget_and_untrained_models():
     recorded = {name: json.loads((pretrained.WEIGHTS / name / "reference.json").read_text())["check"]["scores"]
                 for name in pretrained.available()}
-    assert set(recorded) == set(pretrained.REFERENCES) - NOT_YET_SHIPPED
+    assert set(recorded) == set(pretrained.REFERENCES)
     assert {name: pretrained.REFERENCES[name].missed(scores) for name, scores in recorded.items()} == \
         {name: [] for name in recorded}
     # measured at CHECK (with the 32-px-only evaluator, whose FIDs at 16 px were lower): lesson 02 trained at the
@@ -230,17 +230,11 @@ def test_floors_pass_the_recorded_scores_and_fail_quick_budget_and_untrained_mod
     assert pretrained.REFERENCES["02_ddpm"].missed(scores) == [f"FID {scores['FID']:.2f} above its ceiling {ceiling:.2f}"]
 
 
-# Defined and saved by its lesson, not yet in the package: lesson 06's CPU run (about 40 min on 2026-12-02's
-# machine) has not finished in a session; `dlcourse results --budget cpu --lessons 06_latent_diffusion
-# --update-references` ships it, and then it leaves this set.
-NOT_YET_SHIPPED = {"06_latent"}
+def test_every_reference_is_shipped():
+    assert set(pretrained.available()) == set(pretrained.REFERENCES)
 
 
-def test_every_reference_is_shipped_but_the_ones_named_not_yet():
-    assert set(pretrained.available()) == set(pretrained.REFERENCES) - NOT_YET_SHIPPED
-
-
-@pytest.mark.parametrize("name", sorted(set(pretrained.REFERENCES) - NOT_YET_SHIPPED))
+@pytest.mark.parametrize("name", sorted(pretrained.REFERENCES))
 def test_shipped_reference_still_scores_what_it_recorded_and_reaches_its_floors(name):
     """The weights in the package are their lesson's model at the cpu budget, reproduce the scores measured
     when the results page was made, and reach the reference's floors."""
