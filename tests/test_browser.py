@@ -348,9 +348,14 @@ def test_notebook_06_runs_and_the_latent_explorers_show_decoded_tiles(browser, l
         nb = save_and_read(page, lab, name, deadline)
         assert not error_outputs(nb), f"{name}: error outputs in the saved notebook: {error_outputs(nb)}"
         found = explorers(page)
-        assert found.count() == 2, f"{name}: expected the latent w slider and the prompt explorer, found " \
-                                   f"{found.count()} explorers"
-        slider, prompts = found.first, found.last
+        # the latent w slider, the student's prompt explorer, then the shipped reference 06_latent's
+        assert found.count() == 3, f"{name}: expected the latent w slider and two prompt explorers (the lesson's " \
+                                   f"and the shipped reference's), found {found.count()} explorers"
+        slider, prompts, reference = found.nth(0), found.nth(1), found.nth(2)
+        assert reference.locator(".widget-text input").count() == 1 and "prompt: 'a white rose'" in \
+            reference.inner_text(), "the shipped reference's prompt explorer has no text box or caption"
+        reference_tiles = base64.b64decode(reference.locator("img").first.evaluate(IMAGE_BYTES_JS)["bytes"])
+        assert png_info(reference_tiles)[2] > 5, "the shipped reference's explorer shows a blank tile"
         assert slider.locator(".widget-text").count() == 0 and "columns: " in slider.inner_text()
         tiles = base64.b64decode(slider.locator("img").first.evaluate(IMAGE_BYTES_JS)["bytes"])
         assert png_info(tiles)[0] >= 300 and png_info(tiles)[2] > 5, "the latent w slider shows no decoded tiles"
