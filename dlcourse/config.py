@@ -260,9 +260,9 @@ class LatentBudget(Budget):
     n_test: int = per_budget(2_000, 1_000, 100, "test images (FID, reconstruction error, editing)")
     image_size: int = per_budget(32, 32, 32, "image side in pixels")
     vae_channels: tuple[int, ...] = per_budget((64, 128), (16, 32), (8, 16), "VAE widths, one per ×½ level")
-    latent_channels: int = same(4, "latent channels c of the 8×8×c latent (Stable Diffusion's 4; at the CPU budget "
-                                   "c = 8 decoded as well but its latent class model reached 41.5 % class accuracy "
-                                   "against 63.5 % for c = 4, docs/design.md)")
+    latent_channels: int = same(4, "latent channels c of the 8×8×c latent (Stable Diffusion's 4; at the CPU "
+                                   "budget c = 8 decoded as well but its latent class model reached 41.5 % class "
+                                   "accuracy against 63.5 % for c = 4, docs/design.md)")
     vae_beta: float = same(1e-6, "weight β of the KL term in the VAE loss (1e-4 measured: σ ≈ 0.7, blurred decodes)")
     vae_steps: int = per_budget(6_000, 1_500, 10, "the VAE's optimizer steps")
     vae_batch_size: int = per_budget(128, 32, 16, "the VAE's images per step")
@@ -276,9 +276,9 @@ class LatentBudget(Budget):
     T: int = per_budget(1000, 200, 50, "diffusion steps")
     attention_steps: int = per_budget(2_000, 400, 10, "optimizer steps of each model of the with/without attention test")
     train_steps: int = per_budget(10_000, 2_500, 20, "optimizer steps of each latent diffusion model")
-    batch_size: int = per_budget(128, 64, 16, "diffusion images (latents) per step (cpu: 64; on 8×8 latents a step "
-                                              "of 64 costs 1.6× one of 32 and measured 63.5 % class accuracy "
-                                              "against 44 %)")
+    batch_size: int = per_budget(128, 64, 16, "diffusion images (latents) per step (cpu: 64; on 8×8 latents a "
+                                              "step of 64 costs 1.6× one of 32 and measured 63.5 % class "
+                                              "accuracy against 44 %)")
     lr: float = per_budget(1e-3, 2e-3, 2e-3, "peak learning rate of the diffusion models")
     drop_prob: float = same(0.1, "probability of dropping a sample's whole prompt (or class)")
     sampling_steps: int = per_budget(50, 25, 4, "DDIM steps")

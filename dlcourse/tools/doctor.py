@@ -278,7 +278,8 @@ def format_report(found: list[Check], predictions: list[Prediction], device: tor
         if len(p.parts) == 1:
             lines.append(_row(p.lesson, p.parts[0], width))
             continue
-        lines.append(f"{p.lesson:{width}s} {f'{len(p.parts)} models:':28s} {'':>10s} {'':>9s} {_minutes(p.seconds):>13s}")
+        lines.append(f"{p.lesson:{width}s} {f'{len(p.parts)} models:':28s} {'':>10s} {'':>9s} "
+                     f"{_minutes(p.seconds):>13s}")
         lines += [_row(f"  {part.training.name}", part, width) for part in p.parts]
         notes += [f"{p.lesson}: the {part.training.name} trains for the seconds of the "
                   f"{part.training.same_seconds_as}, so it is given that time"
